@@ -1,0 +1,190 @@
+"""HyperTile: self-attention over non-overlapping windows of the token grid.
+
+HyperTile (tfernd, 2023) splits the tokens of a U-Net self-attention layer into
+``nh x nw`` rectangular windows and attends inside each window only, which cuts the
+quadratic attention cost by ``nh * nw``. The window counts are drawn at every call among
+the ``swap_size`` largest admissible counts so that window borders move between calls.
+
+Two things here differ from the published implementations:
+
+* the token grid ``(h, w)`` of a layer is taken from the latent shape the U-Net was
+  really called with, downsampled as the U-Net does it (``ceil(H / 2)`` per level),
+  never guessed from an aspect ratio (which swaps h and w for non-square latents and
+  gives comb-shaped windows);
+* the depth of a layer is found by matching its token count to those grids, so no
+  per-model layer tables are needed (SD1.x, SD2.x, SDXL base and refiner alike).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from einops import rearrange
+
+LATENT_FACTOR = 8  # pixels per latent cell for SD1.x / SD2.x / SDXL
+
+
+@dataclass(frozen=True)
+class HyperTileConfig:
+    """What the user chose: tile size in pixels, swap size, max depth, scale depth."""
+
+    tile_size: int = 256
+    swap_size: int = 2
+    max_depth: int = 0
+    scale_depth: bool = False
+
+    def min_window(self, depth: int) -> int:
+        """Smallest window side, in tokens, at ``depth`` (as in the ComfyUI seed node)."""
+        base = max(32, self.tile_size) // LATENT_FACTOR
+        return base * (2 ** depth if self.scale_depth else 1)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A split of an ``h x w`` token grid into ``nh x nw`` equal windows."""
+
+    h: int
+    w: int
+    nh: int
+    nw: int
+
+    @property
+    def count(self) -> int:
+        return self.nh * self.nw
+
+
+def level_grid(latent_hw: Sequence[int], depth: int) -> tuple[int, int]:
+    """Token grid of U-Net level ``depth`` for a latent of size ``latent_hw``.
+
+    Each downsampling is a stride-2 convolution with padding 1, whose output side is
+    ``ceil(n / 2)``; applied ``depth`` times this is ``ceil(n / 2**depth)``.
+    """
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    for _ in range(depth):
+        h, w = -(-h // 2), -(-w // 2)
+    return h, w
+
+
+def find_depth(tokens: int, latent_hw: Sequence[int], max_level: int = 8) -> Optional[int]:
+    """The U-Net level whose token grid holds ``tokens`` tokens, or None."""
+    for depth in range(max_level + 1):
+        h, w = level_grid(latent_hw, depth)
+        if h * w == tokens:
+            return depth
+        if h * w < tokens:
+            return None
+    return None
+
+
+def window_count_options(side: int, min_window: int, swap_size: int) -> list[int]:
+    """The ``swap_size`` largest window counts ``n`` that divide ``side`` with windows of
+    at least ``min_window`` tokens. Always holds at least ``1`` (no split)."""
+    min_window = max(1, min(min_window, side))
+    sizes = [s for s in range(min_window, side + 1) if side % s == 0]
+    return [side // s for s in sizes[: max(1, swap_size)]]
+
+
+def choose_windows(h: int, w: int, min_window: int, swap_size: int, rng: random.Random) -> Windows:
+    """Draw the window counts per axis among the best options, with a private RNG."""
+    nh = rng.choice(window_count_options(h, min_window, swap_size))
+    nw = rng.choice(window_count_options(w, min_window, swap_size))
+    return Windows(h, w, nh, nw)
+
+
+def split_tokens(x: torch.Tensor, win: Windows) -> torch.Tensor:
+    """(B, h*w, C) row-major tokens -> (B*nh*nw, window tokens, C), one row per window."""
+    return rearrange(x, "b (nh th nw tw) c -> (b nh nw) (th tw) c",
+                     nh=win.nh, nw=win.nw, th=win.h // win.nh, tw=win.w // win.nw)
+
+
+def merge_tokens(x: torch.Tensor, win: Windows) -> torch.Tensor:
+    """Inverse of :func:`split_tokens`."""
+    return rearrange(x, "(b nh nw) (th tw) c -> b (nh th nw tw) c",
+                     nh=win.nh, nw=win.nw, th=win.h // win.nh, tw=win.w // win.nw)
+
+
+def split_image(x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B*nh*nw, C, H/nh, W/nw): the same windows for 4-D feature maps."""
+    return rearrange(x, "b c (nh th) (nw tw) -> (b nh nw) c th tw", nh=nh, nw=nw)
+
+
+def merge_image(x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+    """Inverse of :func:`split_image`."""
+    return rearrange(x, "(b nh nw) c th tw -> b c (nh th) (nw tw)", nh=nh, nw=nw)
+
+
+@dataclass
+class HyperTileStats:
+    """Counts of attention calls, for the console and the tests."""
+
+    tiled: int = 0
+    untiled_no_divisor: int = 0
+    skipped_depth: int = 0
+    unknown_shape: int = 0
+    depths: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{self.tiled} attention calls tiled, {self.untiled_no_divisor} left whole "
+                f"(no divisor), {self.skipped_depth} deeper than max depth, "
+                f"{self.unknown_shape} not matched to a level")
+
+
+class HyperTilePlanner:
+    """Decides the windows of each self-attention call of one sampling pass.
+
+    ``latent_hw`` is set at U-Net entry (``observe_latent``); ``plan(tokens)`` then
+    returns the windows for a layer with that many tokens, or None to leave it whole.
+    The RNG is private and seeded from the generation seed, so the same seed gives
+    the same windows and nothing else in the process is reseeded.
+    """
+
+    def __init__(self, config: HyperTileConfig, seed: int = 0) -> None:
+        self.config = config
+        self.rng = random.Random(seed)
+        self.latent_hw: Optional[tuple[int, int]] = None
+        self.stats = HyperTileStats()
+
+    def observe_latent(self, shape: Sequence[int]) -> None:
+        """Record the spatial size of the latent the U-Net is called with."""
+        self.latent_hw = (int(shape[-2]), int(shape[-1]))
+
+    def plan(self, tokens: int, latent_hw: Optional[Sequence[int]] = None) -> Optional[Windows]:
+        hw = latent_hw if latent_hw is not None else self.latent_hw
+        if hw is None:
+            self.stats.unknown_shape += 1
+            return None
+        depth = find_depth(tokens, hw)
+        if depth is None:
+            self.stats.unknown_shape += 1
+            return None
+        if depth > self.config.max_depth:
+            self.stats.skipped_depth += 1
+            return None
+        h, w = level_grid(hw, depth)
+        win = choose_windows(h, w, self.config.min_window(depth), self.config.swap_size, self.rng)
+        if win.count == 1:
+            self.stats.untiled_no_divisor += 1
+            return None
+        self.stats.tiled += 1
+        self.stats.depths[depth] = self.stats.depths.get(depth, 0) + 1
+        return win
+
+
+def tiled_attention(x: torch.Tensor, attention: Callable[[torch.Tensor], torch.Tensor],
+                    win: Optional[Windows]) -> torch.Tensor:
+    """Run ``attention`` (tokens -> tokens) window by window; whole when ``win`` is None."""
+    if win is None:
+        return attention(x)
+    return merge_tokens(attention(split_tokens(x, win)), win)
+
+
+def vae_windows(h: int, w: int, config: HyperTileConfig, rng: random.Random) -> Windows:
+    """Windows for a VAE mid-block attention on an ``h x w`` feature map.
+
+    The VAE attends at latent resolution; windows are at least 128 px (16 latent cells)
+    wide, as small windows there visibly change colours.
+    """
+    return choose_windows(h, w, max(16, config.tile_size // (2 * LATENT_FACTOR)),
+                          config.swap_size, rng)

@@ -1,0 +1,183 @@
+"""The options of the always-on script: one table that fixes the UI order (= the API's
+positional order), the named API keys, the infotext keys, the ranges and the defaults.
+
+``parse_args`` accepts what the hosts hand a script: the positional values of the UI
+controls, or a single dict of named values (``{"hypertile": true, ...}``) from the API.
+Nothing is silently replaced: a wrong type, a value out of range or an unknown key is an
+error with a message meant for the user.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+Number = Union[int, float]
+
+
+class ParamError(ValueError):
+    """Bad script arguments; the message is shown to the user as it is."""
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str                    # named API key, also the X/Y/Z attribute suffix
+    label: str                  # UI label (also shown by /sdapi/v1/script-info)
+    infotext: str               # infotext key
+    kind: type                  # bool, int, float or str
+    default: Any
+    minimum: Optional[Number] = None
+    maximum: Optional[Number] = None
+    step: Optional[Number] = None
+    choices: tuple = ()
+    group: str = ""             # "hypertile", "resample": written only when that group is on
+    info: str = ""              # tooltip / README text
+    xyz: bool = False           # offered as an X/Y/Z plot axis
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to ``kind`` if it is that kind already in another spelling
+        (``"256"``, ``256.0``, ``"True"``); otherwise ``ParamError``."""
+        value = _coerce(self, value)
+        if self.choices and value not in self.choices:
+            raise ParamError(f"{self.key} must be one of {', '.join(map(repr, self.choices))}, not {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ParamError(f"{self.key} must be at least {self.minimum}, not {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ParamError(f"{self.key} must be at most {self.maximum}, not {value}")
+        return value
+
+
+def _coerce(f: Field, value: Any) -> Any:
+    bad = ParamError(f"{f.key} must be {f.kind.__name__}, not {value!r} ({type(value).__name__})")
+    if f.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise bad
+    if f.kind in (int, float):
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        if f.kind is int:
+            if float(value) != int(value):
+                raise ParamError(f"{f.key} must be a whole number, not {value!r}")
+            return int(value)
+        return float(value)
+    if f.kind is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+MASTER = Field("enabled", "Tile Sampler", "Tile Sampler", bool, False,
+               info="Master switch of the extension.")
+
+HYPERTILE_FIELDS: tuple[Field, ...] = (
+    Field("hypertile", "HyperTile", "HyperTile", bool, False, group="hypertile",
+          info="Split U-Net self-attention into windows (faster at large sizes).", xyz=True),
+    Field("hypertile_tile_size", "Tile size (px)", "HyperTile tile size", int, 256, 64, 2048, 16,
+          group="hypertile", info="Smallest window side in image pixels.", xyz=True),
+    Field("hypertile_swap_size", "Swap size", "HyperTile swap size", int, 2, 1, 16, 1,
+          group="hypertile", info="How many of the best window counts to draw from.", xyz=True),
+    Field("hypertile_max_depth", "Max depth", "HyperTile max depth", int, 0, 0, 3, 1,
+          group="hypertile", info="Deepest U-Net level to tile (0 = full latent resolution).",
+          xyz=True),
+    Field("hypertile_scale_depth", "Scale depth", "HyperTile scale depth", bool, False,
+          group="hypertile", info="Double the window size at each deeper level."),
+    Field("hypertile_vae", "VAE attention", "HyperTile VAE", bool, False, group="hypertile",
+          info="Also tile the VAE mid-block attention."),
+)
+
+FIELDS: tuple[Field, ...] = (MASTER,) + HYPERTILE_FIELDS
+FIELDS_BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
+GROUP_SWITCH = {"hypertile": "hypertile"}
+
+
+def defaults() -> dict[str, Any]:
+    return {f.key: f.default for f in FIELDS}
+
+
+def parse_args(args: Sequence[Any], fields: Sequence[Field] = FIELDS) -> dict[str, Any]:
+    """Values of ``fields`` from positional values or from one dict of named values.
+
+    A lone dict turns the extension on unless it says ``"enabled": false``; keys left
+    out keep their defaults.
+    """
+    args = list(args)
+    values = {f.key: f.default for f in fields}
+    if args and isinstance(args[0], Mapping):
+        if any(a is not None for a in args[1:]) and not _all_defaults(args[1:], fields[1:]):
+            raise ParamError("give either one dict of named args or positional args, not both")
+        named = dict(args[0])
+        unknown = sorted(set(named) - {f.key for f in fields})
+        if unknown:
+            known = ", ".join(f.key for f in fields)
+            raise ParamError(f"unknown key(s) {', '.join(map(repr, unknown))}; known keys: {known}")
+        values[fields[0].key] = True
+        for f in fields:
+            if f.key in named:
+                values[f.key] = f.check(named[f.key])
+        return values
+    if len(args) > len(fields):
+        raise ParamError(f"got {len(args)} positional args, expected at most {len(fields)} "
+                         f"({', '.join(f.key for f in fields)})")
+    for f, value in zip(fields, args):
+        values[f.key] = f.check(value)
+    return values
+
+
+def _all_defaults(values: Sequence[Any], fields: Sequence[Field]) -> bool:
+    """True when trailing positional values are just the hosts' defaults (the API fills
+    the positions after a dict with the UI defaults)."""
+    return all(f.check(v) == f.default for v, f in zip(values, fields) if v is not None)
+
+
+def group_enabled(values: Mapping[str, Any], group: str) -> bool:
+    return bool(values.get(MASTER.key)) and bool(values.get(GROUP_SWITCH[group]))
+
+
+def to_infotext(values: Mapping[str, Any], fields: Iterable[Field] = FIELDS) -> dict[str, Any]:
+    """Infotext entries (flat scalars) for the groups that are on."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        if f.group and group_enabled(values, f.group):
+            out[f.infotext] = values[f.key]
+    return out
+
+
+def from_infotext(params: Mapping[str, str], fields: Iterable[Field] = FIELDS) -> dict[str, Any]:
+    """Values restored from parsed infotext; ``{}`` when none of our keys is there.
+    Keys of a group that is present but lack a value fall back to the defaults."""
+    fields = list(fields)
+    if not any(f.infotext in params for f in fields if f.group):
+        return {}
+    out = {f.key: f.default for f in fields}
+    out[MASTER.key] = True
+    for f in fields:
+        if f.group and f.infotext in params:
+            try:
+                out[f.key] = f.check(params[f.infotext])
+            except ParamError:
+                pass
+    return out
+
+
+def override_from(obj: Any, values: dict[str, Any], prefix: str = "tilesampler_") -> dict[str, Any]:
+    """Values with X/Y/Z plot overrides applied: an attribute ``<prefix><key>`` on ``obj``
+    (the processing object) wins over the script argument."""
+    out = dict(values)
+    for f in FIELDS:
+        attr = prefix + f.key
+        if hasattr(obj, attr):
+            out[f.key] = f.check(getattr(obj, attr))
+            if f.group:
+                out[MASTER.key] = True
+    return out

@@ -1,0 +1,105 @@
+import random
+
+import pytest
+import torch
+
+from lib_tilesampler.hypertile import (HyperTileConfig, HyperTilePlanner, Windows, choose_windows,
+                                       find_depth, level_grid, merge_tokens, split_tokens,
+                                       window_count_options)
+
+
+@pytest.mark.parametrize("h,w,nh,nw", [(4, 8, 2, 2), (6, 10, 3, 2), (13, 21, 1, 3), (96, 64, 4, 2),
+                                       (9, 15, 3, 5), (8, 128, 2, 8)])
+def test_every_window_is_a_contiguous_rectangle_of_the_latent(h, w, nh, nw):
+    win = Windows(h, w, nh, nw)
+    ids = torch.arange(h * w).reshape(1, h * w, 1)  # token id = row * w + col (row-major)
+    windows = split_tokens(ids, win)
+    th, tw = h // nh, w // nw
+    assert windows.shape == (nh * nw, th * tw, 1)
+    for k in range(nh * nw):
+        rows = (windows[k, :, 0] // w).reshape(th, tw)
+        cols = (windows[k, :, 0] % w).reshape(th, tw)
+        i, j = divmod(k, nw)
+        assert torch.equal(rows, torch.arange(i * th, (i + 1) * th).view(th, 1).expand(th, tw))
+        assert torch.equal(cols, torch.arange(j * tw, (j + 1) * tw).view(1, tw).expand(th, tw))
+    assert torch.equal(merge_tokens(windows, win), ids)
+
+
+def test_level_grid_rounds_up_like_a_stride_two_convolution():
+    conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    for hw in [(13, 21), (96, 64), (75, 57), (1, 9)]:
+        x = torch.zeros(1, 1, *hw)
+        for depth in range(4):
+            assert level_grid(hw, depth) == tuple(x.shape[-2:])
+            x = conv(x)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 64), (13, 21), (75, 57), (128, 72)])
+def test_find_depth_matches_token_counts(hw):
+    for depth in range(4):
+        gh, gw = level_grid(hw, depth)
+        assert find_depth(gh * gw, hw) == depth
+    assert find_depth(7, (64, 64)) is None
+
+
+def test_window_count_options_are_the_largest_admissible_counts():
+    assert window_count_options(64, 32, 2) == [2, 1]
+    assert window_count_options(96, 16, 3) == [6, 4, 3]
+    assert window_count_options(37, 8, 2) == [1]            # prime side: stays whole
+    assert window_count_options(12, 32, 2) == [1]           # smaller than a window
+    for side, min_window in [(96, 16), (100, 7), (63, 9)]:
+        for n in window_count_options(side, min_window, 10):
+            assert side % n == 0 and side // n >= min(min_window, side)
+
+
+def test_same_seed_gives_same_windows_and_other_seeds_differ():
+    def draws(seed):
+        planner = HyperTilePlanner(HyperTileConfig(tile_size=128, swap_size=3, max_depth=1), seed)
+        planner.observe_latent((1, 4, 96, 128))
+        return [planner.plan(96 * 128) for _ in range(20)] + [planner.plan(48 * 64) for _ in range(20)]
+    assert draws(123) == draws(123)
+    assert any(draws(s) != draws(123) for s in (1, 2, 3))
+
+
+def test_private_rng_leaves_global_random_alone():
+    random.seed(5)
+    expected = random.random()
+    random.seed(5)
+    planner = HyperTilePlanner(HyperTileConfig(swap_size=4), 99)
+    planner.observe_latent((96, 96))
+    for _ in range(10):
+        planner.plan(96 * 96)
+    assert random.random() == expected
+
+
+def test_odd_and_prime_sizes_stay_untiled_and_are_counted():
+    planner = HyperTilePlanner(HyperTileConfig(tile_size=64, swap_size=2, max_depth=3), 0)
+    planner.observe_latent((37, 41))          # prime sides: no divisor
+    assert planner.plan(37 * 41) is None
+    assert planner.stats.untiled_no_divisor == 1
+    planner.observe_latent((75, 57))          # odd but composite
+    win = planner.plan(75 * 57)
+    assert win is not None and 75 % win.nh == 0 and 57 % win.nw == 0
+    assert find_depth(38 * 29, (75, 57)) == 1  # level 1 of 75x57 is 38x29
+    for _ in range(10):
+        win = planner.plan(38 * 29)
+        assert win is None or (win.h, win.w, win.nw) == (38, 29, 1) and win.nh == 2
+
+
+def test_max_depth_limits_tiling():
+    planner = HyperTilePlanner(HyperTileConfig(tile_size=64, max_depth=0), 0)
+    planner.observe_latent((128, 128))
+    assert planner.plan(128 * 128) is not None
+    assert planner.plan(64 * 64) is None
+    assert planner.stats.skipped_depth == 1
+
+
+def test_scale_depth_doubles_the_window_per_level():
+    cfg = HyperTileConfig(tile_size=256, scale_depth=True)
+    assert [cfg.min_window(d) for d in range(3)] == [32, 64, 128]
+    assert HyperTileConfig(tile_size=256).min_window(2) == 32
+
+
+def test_choose_windows_uses_the_given_rng():
+    a = [choose_windows(96, 96, 8, 4, random.Random(7)) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
