@@ -14,6 +14,7 @@ from modules.ui_components import InputAccordion
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.hypertile import HyperTileConfig
+from lib_tilesampler.lifecycle import restore_on_close
 
 STATE_ATTR = "_tilesampler_values"
 LOG_PREFIX = "[Tile Sampler]"
@@ -55,23 +56,6 @@ def report(p: Any, message: str) -> None:
     p.extra_generation_params["Tile Sampler note"] = f"{notes}; {message}" if notes else message
 
 
-def _restore_on_close(p: Any) -> None:
-    """Make ``p.close()`` (called by the WebUI in a ``finally`` for every UI and API job)
-    also remove our hooks, so an exception in the middle of a job leaves nothing behind."""
-    if getattr(p, "_tilesampler_close_wrapped", False):
-        return
-    original = p.close
-
-    def close() -> Any:
-        try:
-            get_host().restore()
-        finally:
-            return original()
-
-    p.close = close
-    p._tilesampler_close_wrapped = True
-
-
 def _base_seed(p: Any) -> int:
     seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None)
     return int(seeds[0]) if seeds else int(getattr(p, "seed", 0) or 0)
@@ -111,7 +95,7 @@ class TileSamplerScript(scripts.Script):
         setattr(p, STATE_ATTR, values)
         if P.group_enabled(values, "hypertile"):
             p.extra_generation_params.update(P.to_infotext(values))
-            _restore_on_close(p)
+            restore_on_close(p, get_host().restore)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
         values = getattr(p, STATE_ATTR, None)

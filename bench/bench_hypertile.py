@@ -1,0 +1,432 @@
+"""Benchmark: one SD1.5 U-Net call on CPU with HyperTile off, on, and at its floor.
+
+What is measured
+----------------
+Wall-clock seconds of one call of an SD1.5-architecture ``ldm`` U-Net (the real SD1.5
+layout: model channels 320, channel mult 1-2-4-4, attention at ds 1/2/4, two res blocks,
+8 heads, context 768; random weights, eval, ``torch.inference_mode``, fp32 on CPU) on a
+batch of 2 latents (cond + uncond of CFG) with a 77-token context, for these settings:
+
+* ``off``        -- plain U-Net;
+* ``on d0``      -- HyperTile (tile 256, swap 2, max depth 0) installed with
+                    ``lib_tilesampler.hypertile_install.install_on_modules``;
+* ``on d<=1``    -- the same with max depth 1;
+* ``floor d0``   -- every ``attn1`` call that HyperTile would tile returns zeros instead
+                    (installed with the same ``PatchSet.wrap_forward`` mechanism): the time
+                    HyperTile would take if its windowed attention cost nothing;
+* ``floor d<=1`` -- the same for max depth 1.
+
+The floor asks a planner with the same config and seed as the HyperTile run which calls
+to skip; both runs make the same sequence of calls, so they skip exactly the calls that
+HyperTile tiles (checked from the planners' statistics).
+
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (as A1111 with
+``--opt-sdp-attention``): ldm's default ``CrossAttention.forward`` materialises the full
+attention matrix, hundreds of GB at 2048^2. The SDPA forward is set as the class forward
+for the run, restricted to the flash kernel (which never materialises the matrix), and
+checked once against ldm's default forward before any timing.
+
+All settings of one image size are timed in interleaved rounds, in one process, so that
+load from other jobs on the machine falls on all of them alike; the table reports ratios.
+
+Usage::
+
+    python bench/bench_hypertile.py                         # 512, 1024, 2048 px
+    python bench/bench_hypertile.py --sizes 512 1024 1536 --repeats 3 1
+    python bench/bench_hypertile.py --quick                 # narrow U-Net, tiny sizes (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from lib_tilesampler.hypertile import LATENT_FACTOR, HyperTileConfig, HyperTilePlanner  # noqa: E402
+from lib_tilesampler.hypertile_install import install_on_modules, self_attention_modules  # noqa: E402
+from lib_tilesampler.module_patch import PatchSet, first_tensor_arg  # noqa: E402
+
+RESULTS_HEADING = "## HyperTile: one SD1.5 U-Net call on CPU"
+DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
+TILE_SIZE, SWAP_SIZE, SEED = 256, 2, 0
+TARGET_SPEEDUP, TARGET_FLOOR_RATIO, TARGET_SIZE = 3.5, 1.10, 2048
+CONTEXT_TOKENS, CONTEXT_DIM, BATCH = 77, 768, 2
+
+
+# --------------------------------------------------------------------------- model
+
+def sd15_unet(model_channels: int = 320, seed: int = 0) -> torch.nn.Module:
+    """An SD1.5-layout ldm U-Net with random weights (``model_channels`` 320 is SD1.5)."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(seed)
+    return UNetModel(image_size=64, in_channels=4, out_channels=4, model_channels=model_channels,
+                     attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=[1, 2, 4, 4],
+                     num_heads=8, use_spatial_transformer=True, transformer_depth=1,
+                     context_dim=CONTEXT_DIM, legacy=False).eval()
+
+
+def unet_inputs(image_size: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latent batch, timesteps and text context for one CFG step at ``image_size`` px."""
+    g = torch.Generator().manual_seed(seed)
+    side = image_size // LATENT_FACTOR
+    x = torch.randn(BATCH, 4, side, side, generator=g)
+    t = torch.full((BATCH,), 500.0)
+    context = torch.randn(BATCH, CONTEXT_TOKENS, CONTEXT_DIM, generator=g)
+    return x, t, context
+
+
+# --------------------------------------------------------------------------- attention
+
+def sdpa_forward(self: torch.nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ldm ``CrossAttention.forward`` computed with ``scaled_dot_product_attention``."""
+    context = x if context is None else context
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+               for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+    attn_mask = None if mask is None else mask.reshape(mask.shape[0], 1, 1, -1).bool()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # scale = d ** -0.5, as ldm
+    return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+@contextlib.contextmanager
+def sdpa_attention() -> Iterator[None]:
+    """Make every ldm ``CrossAttention`` use :func:`sdpa_forward` with the flash kernel
+    only (so a fallback can never materialise the attention matrix); restore afterwards."""
+    from ldm.modules.attention import CrossAttention
+    original = CrossAttention.__dict__["forward"]
+    CrossAttention.forward = sdpa_forward  # type: ignore[method-assign]
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            yield
+    finally:
+        CrossAttention.forward = original  # type: ignore[method-assign]
+
+
+def check_sdpa_forward(unet: torch.nn.Module, tokens: int = 256) -> None:
+    """Assert that :func:`sdpa_forward` matches ldm's default forward on the U-Net's own
+    self- and cross-attention modules at every width (a small token count)."""
+    g = torch.Generator().manual_seed(2)
+    context = torch.randn(BATCH, CONTEXT_TOKENS, CONTEXT_DIM, generator=g)
+    seen: set[tuple[str, int]] = set()
+    for name, module in unet.named_modules():
+        kind = name.rsplit(".", 1)[-1]
+        if kind not in ("attn1", "attn2") or (kind, module.to_q.in_features) in seen:
+            continue
+        seen.add((kind, module.to_q.in_features))
+        x = torch.randn(BATCH, tokens, module.to_q.in_features, generator=g)
+        ctx = context if kind == "attn2" else None
+        with torch.inference_mode():
+            expected = module(x, context=ctx)
+            with sdpa_attention():
+                got = module(x, context=ctx)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    print(f"SDPA forward matches ldm's default forward on {len(seen)} attention shapes", flush=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration to time: ``mode`` is ``off``, ``on`` or ``floor``."""
+
+    mode: str
+    max_depth: int = 0
+
+    @property
+    def name(self) -> str:
+        if self.mode == "off":
+            return "off"
+        return f"{self.mode} d{'0' if self.max_depth == 0 else f'<={self.max_depth}'}"
+
+    def planner(self, seed: int = SEED) -> Optional[HyperTilePlanner]:
+        if self.mode == "off":
+            return None
+        return HyperTilePlanner(HyperTileConfig(tile_size=TILE_SIZE, swap_size=SWAP_SIZE,
+                                                max_depth=self.max_depth), seed)
+
+
+SETTINGS = (Setting("off"), Setting("on", 0), Setting("on", 1), Setting("floor", 0), Setting("floor", 1))
+
+
+def _floor_wrap(planner: HyperTilePlanner) -> Callable[[Callable[..., Any], tuple, dict], Any]:
+    """An ``attn1`` wrapper that returns zeros for each call the planner would tile."""
+    def wrap(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        x = first_tensor_arg(args, kwargs, ("x",))
+        context = args[1] if len(args) > 1 else kwargs.get("context")
+        if x is not None and x.ndim == 3 and context is None and planner.plan(x.shape[1]) is not None:
+            return torch.zeros_like(x)  # attn1 maps (B, N, C) to (B, N, C)
+        return inner(*args, **kwargs)
+    return wrap
+
+
+def install_floor(unet: torch.nn.Module, planner: HyperTilePlanner) -> PatchSet:
+    """Skip (return zeros from) every ``attn1`` call that ``planner`` would tile."""
+    patches = PatchSet()
+
+    def record_latent(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = first_tensor_arg(args, kwargs, ("x",))
+        if x is not None and x.ndim == 4:
+            planner.observe_latent(x.shape)
+
+    patches.add_handle(unet.register_forward_pre_hook(record_latent, with_kwargs=True))
+    wrap = _floor_wrap(planner)
+    for _, module in self_attention_modules(unet):
+        patches.wrap_forward(module, wrap)
+    return patches
+
+
+def install(unet: torch.nn.Module, setting: Setting, planner: Optional[HyperTilePlanner]) -> PatchSet:
+    """Patch ``unet`` for ``setting``; the returned ``PatchSet`` undoes it."""
+    if setting.mode == "on":
+        assert planner is not None
+        return install_on_modules(unet, planner)
+    if setting.mode == "floor":
+        assert planner is not None
+        return install_floor(unet, planner)
+    return PatchSet()
+
+
+# --------------------------------------------------------------------------- timing
+
+@dataclass
+class Run:
+    """The timed calls of one setting at one image size."""
+
+    setting: Setting
+    planner: Optional[HyperTilePlanner]
+    calls: int = 0
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def tiled_per_call(self) -> Optional[float]:
+        return None if self.planner is None else self.planner.stats.tiled / max(1, self.calls)
+
+
+def call_unet(unet: torch.nn.Module, run: Run, inputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    """One U-Net call under ``run.setting``: (wall seconds, process CPU seconds)."""
+    x, t, context = inputs
+    patches = install(unet, run.setting, run.planner)
+    try:
+        with torch.inference_mode():
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            out = unet(x, t, context=context)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        patches.restore()
+    run.calls += 1
+    if not torch.isfinite(out).all():
+        raise RuntimeError(f"non-finite U-Net output under {run.setting.name}")
+    return wall, cpu
+
+
+def time_size(unet: torch.nn.Module, image_size: int, repeats: int, warmup: str,
+              settings: tuple[Setting, ...] = SETTINGS) -> list[Run]:
+    """Time every setting at ``image_size``: warm-up, then ``repeats`` interleaved rounds.
+
+    ``warmup`` is ``all`` (one untimed call per setting), ``cheapest`` (one untimed call
+    of the last setting, the deepest floor) or ``none``.
+    """
+    inputs = unet_inputs(image_size)
+    runs = [Run(s, s.planner()) for s in settings]
+    warm = runs if warmup == "all" else runs[-1:] if warmup == "cheapest" else []
+    for run in warm:
+        wall, _ = call_unet(unet, run, inputs)
+        log(f"{image_size}px warm-up {run.setting.name}: {wall:.2f}s")
+    for r in range(repeats):
+        order = runs[r % len(runs):] + runs[:r % len(runs)]  # rotate who goes first
+        for run in order:
+            wall, cpu = call_unet(unet, run, inputs)
+            run.wall.append(wall)
+            run.cpu.append(cpu)
+            log(f"{image_size}px round {r + 1}/{repeats} {run.setting.name}: {wall:.2f}s "
+                f"(CPU/wall {cpu / wall:.2f})")
+    for run in runs:
+        if run.planner is not None:
+            log(f"{image_size}px {run.setting.name}: {run.planner.stats.summary()} over {run.calls} "
+                f"U-Net calls; depths {dict(sorted(run.planner.stats.depths.items()))}")
+    check_floor_matches(runs)
+    return runs
+
+
+def check_floor_matches(runs: list[Run]) -> None:
+    """The floor of each depth must have skipped exactly the calls HyperTile tiled."""
+    by_name = {run.setting.name: run for run in runs}
+    for run in runs:
+        if run.setting.mode != "floor":
+            continue
+        on = by_name.get(Setting("on", run.setting.max_depth).name)
+        if on is not None and on.calls == run.calls:
+            assert on.planner is not None and run.planner is not None
+            assert on.planner.stats.depths == run.planner.stats.depths, \
+                f"{run.setting.name} skipped other calls than HyperTile tiled"
+
+
+# --------------------------------------------------------------------------- report
+
+def log(message: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        return match.group(1).strip() if match else platform.processor()
+    except OSError:
+        return platform.processor() or "unknown"
+
+
+def machine_line(threads: int) -> str:
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({threads} threads), Python {platform.python_version()}, "
+            f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average at start {load}")
+
+
+def fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table(results: dict[int, list[Run]]) -> str:
+    """Markdown table: one row per (size, setting), ratios within the size."""
+    lines = ["| image (latent) | setting | s / U-Net call (median) | calls (s) | off / this "
+             "| this / floor | attn1 calls tiled per U-Net call | CPU/wall |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for size, runs in results.items():
+        by_name = {run.setting.name: run for run in runs}
+        off = by_name.get("off")
+        for run in runs:
+            floor = by_name.get(Setting("floor", run.setting.max_depth).name)
+            speedup = off.median / run.median if off else None
+            over_floor = run.median / floor.median if floor and run.setting.mode == "on" else None
+            cpu_ratio = sum(run.cpu) / sum(run.wall)
+            lines.append(f"| {size}² ({size // LATENT_FACTOR}²) | {run.setting.name} | {run.median:.2f} "
+                         f"| {', '.join(f'{w:.2f}' for w in run.wall)} | {fmt(speedup, suffix='×')} "
+                         f"| {fmt(over_floor, suffix='×')} | {fmt(run.tiled_per_call, 'g')} "
+                         f"| {cpu_ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def verdict(results: dict[int, list[Run]]) -> str:
+    """Whether the issue's target (≥3.5× at 2048², within 10% of the floor) is met."""
+    if TARGET_SIZE not in results:
+        return (f"Target (≥{TARGET_SPEEDUP}× over off at {TARGET_SIZE}², within "
+                f"{TARGET_FLOOR_RATIO - 1:.0%} of the floor): not assessed, {TARGET_SIZE}² not measured.")
+    by_name = {run.setting.name: run for run in results[TARGET_SIZE]}
+    lines = []
+    for depth in (0, 1):
+        on, floor = by_name.get(Setting("on", depth).name), by_name.get(Setting("floor", depth).name)
+        off = by_name.get("off")
+        if on is None or floor is None or off is None:
+            continue
+        speedup, ratio = off.median / on.median, on.median / floor.median
+        ok = speedup >= TARGET_SPEEDUP and ratio <= TARGET_FLOOR_RATIO
+        lines.append(f"- {on.setting.name} at {TARGET_SIZE}²: speed-up {speedup:.2f}× "
+                     f"(target ≥{TARGET_SPEEDUP}×), {ratio:.3f}× the floor (target ≤{TARGET_FLOOR_RATIO}×): "
+                     f"**{'met' if ok else 'not met'}**")
+    return "\n".join(lines)
+
+
+def report(results: dict[int, list[Run]], header: str, command: str, peak_gb: float) -> str:
+    return "\n".join([
+        RESULTS_HEADING, "",
+        f"Machine: {header}.", "",
+        f"Command: `{command}`", "",
+        f"HyperTile: tile {TILE_SIZE}, swap {SWAP_SIZE}, seed {SEED}. Batch {BATCH} (CFG), "
+        f"{CONTEXT_TOKENS}-token context, fp32, SDPA (flash kernel) attention. "
+        f"Peak RSS {peak_gb:.1f} GB. "
+        "`off / this` is the speed-up over HyperTile off; `this / floor` compares HyperTile "
+        "with skipping the same attn1 calls entirely; `CPU/wall` near the thread count means "
+        "the process was not starved by other jobs.", "",
+        table(results), "",
+        verdict(results), ""])
+
+
+def write_section(path: str, section: str) -> None:
+    """Put ``section`` into ``path``, replacing an earlier section under the same heading."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    start = text.find(RESULTS_HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(RESULTS_HEADING))
+        text = text[:start] + section + ("" if end < 0 else "\n" + text[end + 1:])
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048],
+                   help="image sides in pixels (multiples of 64)")
+    p.add_argument("--repeats", type=int, nargs="+", default=[3, 3, 1],
+                   help="timed calls per setting, one value per size (the last one repeats)")
+    p.add_argument("--warmup-max", type=int, default=1024,
+                   help="warm up every setting at sizes up to this; above, only the cheapest")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-channels", type=int, default=320, help="320 is SD1.5")
+    p.add_argument("--quick", action="store_true",
+                   help="narrow U-Net (64 channels) at 256 and 512 px, one call each; no file written")
+    p.add_argument("--results", default=None,
+                   help=f"Markdown file to update (default {os.path.relpath(DEFAULT_RESULTS)}, none with --quick)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.model_channels = [256, 512], [1], 64
+    if args.results is None and not args.quick:
+        args.results = DEFAULT_RESULTS
+    if any(s % 64 for s in args.sizes):
+        p.error("--sizes must be multiples of 64")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = shlex.join([sys.executable] + sys.argv)
+    header = machine_line(args.threads)
+    log(header)
+    unet = sd15_unet(args.model_channels)
+    log(f"U-Net: {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M parameters, "
+        f"{len(self_attention_modules(unet))} attn1 modules")
+    check_sdpa_forward(unet)
+    results: dict[int, list[Run]] = {}
+    with sdpa_attention():
+        for i, size in enumerate(args.sizes):
+            repeats = args.repeats[min(i, len(args.repeats) - 1)]
+            warmup = "all" if size <= args.warmup_max else "cheapest"
+            results[size] = time_size(unet, size, repeats, warmup)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    section = report(results, header, command, peak_gb)
+    print("\n" + section, flush=True)
+    if args.results:
+        write_section(args.results, section)
+        log(f"written to {args.results}")
+
+
+if __name__ == "__main__":
+    main()

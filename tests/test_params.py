@@ -1,0 +1,79 @@
+import pytest
+
+from lib_tilesampler import params as P
+
+
+def test_positional_args_follow_the_ui_order():
+    values = P.parse_args([True, True, 384, 3, 1, True, False])
+    assert values == {"enabled": True, "hypertile": True, "hypertile_tile_size": 384,
+                      "hypertile_swap_size": 3, "hypertile_max_depth": 1,
+                      "hypertile_scale_depth": True, "hypertile_vae": False}
+
+
+def test_fewer_positional_args_keep_defaults():
+    assert P.parse_args([True, True]) == {**P.defaults(), "enabled": True, "hypertile": True}
+
+
+def test_named_dict_turns_the_extension_on_and_keeps_other_defaults():
+    values = P.parse_args([{"hypertile": True, "hypertile_tile_size": 256}])
+    assert values == {**P.defaults(), "enabled": True, "hypertile": True}
+    # the API fills the positions after the dict with the UI defaults
+    assert P.parse_args([{"hypertile": True}] + [P.FIELDS[i].default for i in range(1, len(P.FIELDS))]) \
+        == {**P.defaults(), "enabled": True, "hypertile": True}
+    assert P.parse_args([{"enabled": False, "hypertile": True}])["enabled"] is False
+
+
+def test_named_and_positional_give_the_same_values():
+    named = P.parse_args([{"hypertile": True, "hypertile_tile_size": 320, "hypertile_max_depth": 2}])
+    positional = P.parse_args([True, True, 320, 2, 2, False, False])
+    assert named == positional
+
+
+@pytest.mark.parametrize("args,message", [
+    ([{"hypertile": True, "tile": 256}], "unknown key(s) 'tile'"),
+    ([{"hypertile_tile_size": "big"}], "hypertile_tile_size must be int"),
+    ([{"hypertile_tile_size": 4096}], "at most 2048"),
+    ([{"hypertile_tile_size": 255.5}], "whole number"),
+    ([{"hypertile_max_depth": -1}], "at least 0"),
+    ([{"hypertile": "yes"}], "hypertile must be bool"),
+    ([{"hypertile": 1}], "hypertile must be bool"),
+    ([True] * 8, "got 8 positional args, expected at most 7"),
+    ([{"hypertile": True}, True, 512], "either one dict"),
+    ([True, True, None], "hypertile_tile_size must be int"),
+])
+def test_bad_values_are_errors_with_a_readable_message(args, message):
+    with pytest.raises(P.ParamError) as info:
+        P.parse_args(args)
+    assert message in str(info.value)
+
+
+def test_string_spellings_from_infotext_and_xyz_are_accepted():
+    assert P.FIELDS_BY_KEY["hypertile"].check("True") is True
+    assert P.FIELDS_BY_KEY["hypertile_tile_size"].check("256") == 256
+    assert P.FIELDS_BY_KEY["hypertile_tile_size"].check(256.0) == 256
+
+
+def test_infotext_round_trip():
+    values = P.parse_args([{"hypertile": True, "hypertile_tile_size": 320, "hypertile_swap_size": 3,
+                            "hypertile_max_depth": 1, "hypertile_scale_depth": True, "hypertile_vae": True}])
+    text = P.to_infotext(values)
+    assert text == {"HyperTile": True, "HyperTile tile size": 320, "HyperTile swap size": 3,
+                    "HyperTile max depth": 1, "HyperTile scale depth": True, "HyperTile VAE": True}
+    parsed = {k: str(v) for k, v in text.items()}           # infotext values come back as text
+    assert P.from_infotext(parsed) == values
+
+
+def test_nothing_is_written_when_off_and_nothing_restored_without_keys():
+    assert P.to_infotext(P.defaults()) == {}
+    assert P.to_infotext({**P.defaults(), "hypertile": True}) == {}   # master off
+    assert P.from_infotext({"Steps": "20"}) == {}
+
+
+def test_xyz_overrides_win_over_script_args():
+    class Job:
+        tilesampler_hypertile_tile_size = "384"
+        tilesampler_hypertile = "True"
+    values = P.override_from(Job(), P.defaults())
+    assert values["hypertile_tile_size"] == 384 and values["hypertile"] is True and values["enabled"]
+    assert [f.key for f in P.FIELDS if f.xyz] == ["hypertile", "hypertile_tile_size",
+                                                  "hypertile_swap_size", "hypertile_max_depth"]
