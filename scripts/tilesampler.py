@@ -29,12 +29,12 @@ HYPERTILE_LAYOUT = (
 def _control(field: P.Field, elem_id: str) -> Any:
     """The gradio control of one option."""
     if field.kind is bool:
-        return gr.Checkbox(label=field.label, value=field.default, elem_id=elem_id)
+        return gr.Checkbox(label=field.label, value=field.default, elem_id=elem_id, info=field.info or None)
     if field.choices:
         return gr.Dropdown(label=field.label, choices=list(field.choices), value=field.default,
                            elem_id=elem_id)
     return gr.Slider(label=field.label, minimum=field.minimum, maximum=field.maximum,
-                     step=field.step, value=field.default, elem_id=elem_id)
+                     step=field.step, value=field.default, elem_id=elem_id, info=field.info or None)
 
 
 def _paste_value(field: P.Field):
@@ -79,6 +79,7 @@ class TileSamplerScript(scripts.Script):
                     with gr.Row():
                         for key in row:
                             made[key] = _control(P.FIELDS_BY_KEY[key], self.elem_id(key))
+                gr.HTML("", elem_id=self.elem_id("hypertile_preview"))  # filled by javascript/
         controls = [made[f.key] for f in P.FIELDS]
         self.infotext_fields = [(made[f.key], _paste_value(f)) for f in P.FIELDS]
         self.paste_field_names = [f.infotext for f in P.FIELDS if f.group]

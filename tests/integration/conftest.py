@@ -1,0 +1,14 @@
+import pytest
+
+from webui import BASELINE_VAR, WebUI, webui_from_env
+
+
+@pytest.fixture(scope="session")
+def webui() -> WebUI:
+    return webui_from_env()
+
+
+@pytest.fixture(scope="session")
+def baseline() -> WebUI:
+    """A second WebUI started WITHOUT this extension, for 'off == not installed'."""
+    return webui_from_env(BASELINE_VAR)
