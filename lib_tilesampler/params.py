@@ -96,9 +96,49 @@ HYPERTILE_FIELDS: tuple[Field, ...] = (
           info="Also tile the VAE mid-block attention."),
 )
 
-FIELDS: tuple[Field, ...] = (MASTER,) + HYPERTILE_FIELDS
+SAME = "same as main"
+RESAMPLE_MODES = ("independent", "fused", "moving")
+RESAMPLE_WHERE = ("after", "during")
+RESAMPLE_WEIGHTS = ("gaussian", "uniform")
+
+RESAMPLE_FIELDS: tuple[Field, ...] = (
+    Field("resample", "Latent tile resample", "Resample", bool, False, group="resample",
+          info="Re-denoise a latent larger than the tile, tile by tile, without seams."),
+    Field("resample_mode", "Mode", "Resample mode", str, "fused", choices=RESAMPLE_MODES,
+          group="resample", xyz=True,
+          info="independent: each tile sampled on its own, then blended; fused: one sampling, "
+               "every step split into overlapping tiles (MultiDiffusion); moving: no overlap, "
+               "the tile grid moves every step (SpotDiffusion)."),
+    Field("resample_where", "Where", "Resample where", str, "after", choices=RESAMPLE_WHERE,
+          group="resample",
+          info="after: a resample pass on the final latent; during: also tile the main and "
+               "hires sampling when the latent is larger than the tile."),
+    Field("resample_weights", "Tile weights", "Resample weights", str, "gaussian",
+          choices=RESAMPLE_WEIGHTS, group="resample",
+          info="fused mode: Gaussian (Mixture of Diffusers) or uniform (MultiDiffusion)."),
+    Field("resample_tile_size", "Tile size (px)", "Resample tile size", int, 1024, 256, 4096, 64,
+          group="resample", xyz=True),
+    Field("resample_overlap", "Overlap (px)", "Resample overlap", int, 128, 0, 2048, 8,
+          group="resample", xyz=True, info="Ignored in moving mode (no overlap)."),
+    Field("resample_batch", "Tile batch size", "Resample tile batch", int, 1, 1, 32, 1,
+          group="resample", info="Tiles per U-Net call (more is faster, needs more memory)."),
+    Field("resample_denoise", "Denoise", "Resample denoise", float, 0.25, 0.0, 1.0, 0.01,
+          group="resample", xyz=True, info="0 leaves the latent unchanged."),
+    Field("resample_steps", "Steps (0 = same as main)", "Resample steps", int, 30, 0, 150, 1,
+          group="resample"),
+    Field("resample_cfg", "CFG (0 = same as main)", "Resample CFG", float, 5.0, 0.0, 30.0, 0.5,
+          group="resample"),
+    Field("resample_sampler", "Sampler", "Resample sampler", str, SAME, group="resample",
+          info="A sampler of the WebUI, or 'same as main'."),
+    Field("resample_scheduler", "Schedule type", "Resample scheduler", str, SAME, group="resample",
+          info="A schedule type of the WebUI, or 'same as main'."),
+    Field("resample_seed", "Seed (-1 = the image's seed)", "Resample seed", int, -1, -1,
+          2 ** 32 - 1, 1, group="resample"),
+)
+
+FIELDS: tuple[Field, ...] = (MASTER,) + HYPERTILE_FIELDS + RESAMPLE_FIELDS
 FIELDS_BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
-GROUP_SWITCH = {"hypertile": "hypertile"}
+GROUP_SWITCH = {"hypertile": "hypertile", "resample": "resample"}
 
 
 def defaults() -> dict[str, Any]:

@@ -5,9 +5,12 @@ from lib_tilesampler import params as P
 
 def test_positional_args_follow_the_ui_order():
     values = P.parse_args([True, True, 384, 3, 1, True, False])
-    assert values == {"enabled": True, "hypertile": True, "hypertile_tile_size": 384,
+    assert values == {**P.defaults(), "enabled": True, "hypertile": True, "hypertile_tile_size": 384,
                       "hypertile_swap_size": 3, "hypertile_max_depth": 1,
                       "hypertile_scale_depth": True, "hypertile_vae": False}
+    assert [f.key for f in P.FIELDS][:7] == ["enabled", "hypertile", "hypertile_tile_size",
+                                             "hypertile_swap_size", "hypertile_max_depth",
+                                             "hypertile_scale_depth", "hypertile_vae"]
 
 
 def test_fewer_positional_args_keep_defaults():
@@ -37,7 +40,9 @@ def test_named_and_positional_give_the_same_values():
     ([{"hypertile_max_depth": -1}], "at least 0"),
     ([{"hypertile": "yes"}], "hypertile must be bool"),
     ([{"hypertile": 1}], "hypertile must be bool"),
-    ([True] * 8, "got 8 positional args, expected at most 7"),
+    ([True] * (len(P.FIELDS) + 1), f"got {len(P.FIELDS) + 1} positional args, expected at most {len(P.FIELDS)}"),
+    ([{"resample_mode": "tiled"}], "resample_mode must be one of 'independent', 'fused', 'moving'"),
+    ([{"resample_denoise": 1.5}], "resample_denoise must be at most 1.0"),
     ([{"hypertile": True}, True, 512], "either one dict"),
     ([True, True, None], "hypertile_tile_size must be int"),
 ])
@@ -75,5 +80,6 @@ def test_xyz_overrides_win_over_script_args():
         tilesampler_hypertile = "True"
     values = P.override_from(Job(), P.defaults())
     assert values["hypertile_tile_size"] == 384 and values["hypertile"] is True and values["enabled"]
-    assert [f.key for f in P.FIELDS if f.xyz] == ["hypertile", "hypertile_tile_size",
-                                                  "hypertile_swap_size", "hypertile_max_depth"]
+    assert [f.key for f in P.FIELDS if f.xyz] == [
+        "hypertile", "hypertile_tile_size", "hypertile_swap_size", "hypertile_max_depth",
+        "resample_mode", "resample_tile_size", "resample_overlap", "resample_denoise"]
