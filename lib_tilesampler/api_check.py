@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
-from .params import FIELDS, ParamError, parse_args
+from .params import FIELDS, ParamError, final_size, parse_args, resample_fit_error
 
 Check = Callable[[Mapping[str, Any]], Optional[str]]
 CHECKED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
@@ -30,8 +30,13 @@ def find_alwayson_args(body: Mapping[str, Any], title: str) -> Optional[Any]:
     return None
 
 
-def check_alwayson_args(title: str, fields: Optional[Sequence[Any]] = None) -> Check:
-    """A check of the named always-on script's args with ``parse_args``."""
+Extra = Callable[[Mapping[str, Any], Mapping[str, Any]], Optional[str]]
+
+
+def check_alwayson_args(title: str, fields: Optional[Sequence[Any]] = None,
+                        extra: Optional[Extra] = None) -> Check:
+    """A check of the named always-on script's args with ``parse_args``, then
+    ``extra(values, body)`` for what needs the request (image size) or the host (names)."""
     def check(body: Mapping[str, Any]) -> Optional[str]:
         args = find_alwayson_args(body, title)
         if args is None:
@@ -39,11 +44,20 @@ def check_alwayson_args(title: str, fields: Optional[Sequence[Any]] = None) -> C
         try:
             if isinstance(args, ParamError):
                 raise args
-            parse_args(args, FIELDS if fields is None else fields)
+            values = parse_args(args, FIELDS if fields is None else fields)
         except ParamError as e:
             return f"{title}: {e}"
-        return None
+        error = extra(values, body) if extra is not None else None
+        return f"{title}: {error}" if error else None
     return check
+
+
+def request_fit_error(values: Mapping[str, Any], body: Mapping[str, Any]) -> Optional[str]:
+    """``resample_fit_error`` for the size a txt2img/img2img request will sample at last."""
+    width, height = final_size(int(body.get("width") or 512), int(body.get("height") or 512),
+                               bool(body.get("enable_hr")), float(body.get("hr_scale") or 2.0),
+                               int(body.get("hr_resize_x") or 0), int(body.get("hr_resize_y") or 0))
+    return resample_fit_error(values, width, height)
 
 
 class RequestCheck:

@@ -7,7 +7,8 @@ tile 1, ... (einops ``"(n b)"``); ``stack_tiles`` does it for the latent, ``crop
 for the conditioning, ``repeat_rows`` for the per-row ``t``.
 
 Rules of ``crop_cond`` for each tensor in the structure (dicts, lists and tuples are
-walked and rebuilt with the same types; other values pass unchanged, as the same object):
+walked and rebuilt with the same types where something in them changed; other values,
+and containers without a changed tensor, pass unchanged as the same object):
 
 1. **Spatial** — at least 3 dims and the last two equal the latent's ``(H, W)``
    (inpainting ``c_concat`` / image conditioning, masks): cropped per tile. A leading dim
@@ -35,19 +36,23 @@ from .tiles import Tile
 
 
 def walk(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    """``obj`` with ``fn`` applied to every tensor in it; dicts, lists, tuples and named
-    tuples are rebuilt with their own types, anything else is returned as it is."""
+    """``obj`` with ``fn`` applied to every tensor in it. Dicts, lists, tuples and named
+    tuples holding a changed value are rebuilt with their own types; containers in which
+    nothing changed, and every other value, are returned as the same object."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, dict):
+        values = {key: walk(value, fn) for key, value in obj.items()}
+        if all(values[key] is value for key, value in obj.items()):
+            return obj
         out = copy.copy(obj)
-        for key, value in obj.items():
-            out[key] = walk(value, fn)
+        out.update(values)
         return out
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(walk(v, fn) for v in obj))
     if isinstance(obj, (list, tuple)):
-        return type(obj)(walk(v, fn) for v in obj)
+        values = [walk(value, fn) for value in obj]
+        if all(new is old for new, old in zip(values, obj)):
+            return obj
+        return type(obj)(*values) if hasattr(obj, "_fields") else type(obj)(values)
     return obj
 
 

@@ -19,47 +19,63 @@ _MISSING = object()
 
 
 @dataclass
-class _ForwardPatch:
-    module: torch.nn.Module
+class _MethodPatch:
+    owner: Any
+    name: str
     previous: Any  # the previous instance attribute, or _MISSING
     wrapper: Callable[..., Any]
     active: bool = True
+
+
+class _Undo:
+    def __init__(self, undo: Callable[[], None]) -> None:
+        self.remove = undo
 
 
 class PatchSet:
     """The patches one feature made for one job; ``restore()`` undoes all of them."""
 
     def __init__(self) -> None:
-        self._forwards: list[_ForwardPatch] = []
+        self._methods: list[_MethodPatch] = []
         self._handles: list[Any] = []
 
     def __len__(self) -> int:
-        return len(self._forwards) + len(self._handles)
+        return len(self._methods) + len(self._handles)
 
     def wrap_forward(self, module: torch.nn.Module, wrap: Wrap) -> None:
         """Make ``module(*a, **kw)`` call ``wrap(inner, a, kw)``, where ``inner`` is the
         forward that would have run without this patch."""
-        previous = module.__dict__.get("forward", _MISSING)
-        record = _ForwardPatch(module, previous, None)  # type: ignore[arg-type]
+        self.wrap_method(module, "forward", wrap)
 
-        def inner_forward() -> Callable[..., Any]:
+    def wrap_method(self, owner: Any, name: str, wrap: Wrap) -> None:
+        """Make ``owner.<name>(*a, **kw)`` call ``wrap(inner, a, kw)`` through an instance
+        attribute; ``inner`` is the instance attribute that was there before, or the
+        class's method looked up at call time."""
+        previous = owner.__dict__.get(name, _MISSING)
+        record = _MethodPatch(owner, name, previous, None)  # type: ignore[arg-type]
+
+        def inner_method() -> Callable[..., Any]:
             if record.previous is not _MISSING:
                 return record.previous
-            return types.MethodType(type(module).forward, module)
+            return types.MethodType(getattr(type(owner), name), owner)
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
+        def method(*args: Any, **kwargs: Any) -> Any:
             if not record.active:
-                return inner_forward()(*args, **kwargs)
-            return wrap(inner_forward(), args, kwargs)
+                return inner_method()(*args, **kwargs)
+            return wrap(inner_method(), args, kwargs)
 
-        forward.__tilesampler_patch__ = True  # type: ignore[attr-defined]
-        record.wrapper = forward
-        module.forward = forward  # type: ignore[method-assign]
-        self._forwards.append(record)
+        method.__tilesampler_patch__ = True  # type: ignore[attr-defined]
+        record.wrapper = method
+        setattr(owner, name, method)
+        self._methods.append(record)
 
     def add_handle(self, handle: Any) -> None:
         """Keep a ``torch.utils.hooks.RemovableHandle`` to remove on restore."""
         self._handles.append(handle)
+
+    def add_undo(self, undo: Callable[[], None]) -> None:
+        """Run ``undo()`` on restore (newest first, with the hook handles)."""
+        self._handles.append(_Undo(undo))
 
     def restore(self) -> None:
         """Undo every patch, newest first. A wrapper that someone else has wrapped in
@@ -67,14 +83,14 @@ class PatchSet:
         for handle in reversed(self._handles):
             handle.remove()
         self._handles.clear()
-        for record in reversed(self._forwards):
+        for record in reversed(self._methods):
             record.active = False
-            if record.module.__dict__.get("forward") is record.wrapper:
+            if record.owner.__dict__.get(record.name) is record.wrapper:
                 if record.previous is _MISSING:
-                    del record.module.forward
+                    delattr(record.owner, record.name)
                 else:
-                    record.module.forward = record.previous  # type: ignore[method-assign]
-        self._forwards.clear()
+                    setattr(record.owner, record.name, record.previous)
+        self._methods.clear()
 
 
 def first_tensor_arg(args: tuple, kwargs: dict, names: tuple[str, ...]) -> Optional[torch.Tensor]:

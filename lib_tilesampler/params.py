@@ -221,3 +221,35 @@ def override_from(obj: Any, values: dict[str, Any], prefix: str = "tilesampler_"
             if f.group:
                 out[MASTER.key] = True
     return out
+
+
+def resample_fit_error(values: Mapping[str, Any], width: int, height: int) -> Optional[str]:
+    """Why the resample settings cannot work on a ``width x height`` image, or None.
+
+    A tile covering the whole image would make the 'tiled' pass a plain img2img pass,
+    which is not what the user asked for: that is reported instead of done silently.
+    """
+    if not group_enabled(values, "resample"):
+        return None
+    tile, overlap = values["resample_tile_size"], values["resample_overlap"]
+    if values["resample_mode"] != "moving" and overlap >= tile:
+        return f"resample_overlap ({overlap} px) must be smaller than resample_tile_size ({tile} px)"
+    if tile >= width and tile >= height:
+        return (f"resample_tile_size ({tile} px) is not smaller than the image ({width}x{height}): "
+                f"nothing to tile; choose a tile below {max(width, height)} px or turn resample off")
+    return None
+
+
+def final_size(width: int, height: int, enable_hr: bool = False, hr_scale: float = 1.0,
+               hr_resize_x: int = 0, hr_resize_y: int = 0) -> tuple[int, int]:
+    """The size of the last sampling pass: the hires target when hires fix is on (as the
+    WebUI computes it: a given resize wins, one missing side keeps the aspect ratio)."""
+    if not enable_hr:
+        return int(width), int(height)
+    if not hr_resize_x and not hr_resize_y:
+        return int(width * hr_scale) // 8 * 8, int(height * hr_scale) // 8 * 8
+    if not hr_resize_y:
+        return int(hr_resize_x), int(hr_resize_x * height / width) // 8 * 8
+    if not hr_resize_x:
+        return int(hr_resize_y * width / height) // 8 * 8, int(hr_resize_y)
+    return int(hr_resize_x), int(hr_resize_y)

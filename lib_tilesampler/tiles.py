@@ -91,6 +91,17 @@ def shifted_grid(height: int, width: int, tile_h: int, tile_w: int,
             for x, w in grid_cuts(width, tile_w, dx)]
 
 
+def batch_tiles(tiles: Sequence[Tile], tile_batch: int) -> list[list[Tile]]:
+    """Batches of at most ``tile_batch`` tiles of one size (a denoiser call stacks them),
+    sizes in order of first appearance and tiles in plan order within a size."""
+    if tile_batch < 1:
+        raise ValueError(f"tile batch must be at least 1, not {tile_batch}")
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        groups.setdefault(t.size, []).append(t)
+    return [g[i:i + tile_batch] for g in groups.values() for i in range(0, len(g), tile_batch)]
+
+
 def covered_size(tiles: Sequence[Tile]) -> tuple[int, int]:
     """The latent size a plan covers: the far edge of its farthest tiles."""
     return max(t.y + t.h for t in tiles), max(t.x + t.w for t in tiles)

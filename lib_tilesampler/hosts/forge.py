@@ -7,14 +7,19 @@ outlive the pass; the installer still drops patches of ours that are already the
 because Forge calls ``process_before_every_sampling`` twice around a hires pass.
 The VAE has no patcher hook, so its mid attention gets instance wrappers, restored
 after the job like in A1111.
+
+Tiled denoising: the same clone-and-assign with ``set_model_unet_function_wrapper``,
+chaining to a wrapper another extension (or Forge's MultiDiffusion) already set.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..hypertile import HyperTileConfig, HyperTilePlanner
 from ..hypertile_install import install_on_modules, make_attn1_patches
 from ..module_patch import PatchSet
+from ..resample_pass import Wrap
+from .webui_common import WebUIFamilyHost
 
 _PATCH_KEYS = ("attn1_patch", "attn1_output_patch")
 
@@ -31,16 +36,37 @@ def drop_our_patches(model_options: dict) -> None:
             patches[key] = [fn for fn in patches[key] if not _ours(fn)]
 
 
-class ForgeHost:
+def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Wrap) -> Callable[..., Any]:
+    """A ``model_function_wrapper(apply_model, args)`` that tiles through ``wrap`` and runs
+    each tile through ``previous`` (another extension's wrapper) when there is one. A
+    previous wrapper of ours is replaced, not stacked."""
+    while _ours(previous):
+        previous = getattr(previous, "__tilesampler_previous__", None)
+
+    def wrapper(apply_model: Callable[..., Any], args: dict) -> Any:
+        extra = {k: v for k, v in args.items() if k not in ("input", "timestep", "c")}
+
+        def denoiser(x: Any, t: Any, c: Any) -> Any:
+            if previous is None:
+                return apply_model(x, t, **c)
+            return previous(apply_model, dict(extra, input=x, timestep=t, c=c))
+        return wrap(denoiser)(args["input"], args["timestep"], args["c"])
+
+    wrapper.__tilesampler_patch__ = True  # type: ignore[attr-defined]
+    wrapper.__tilesampler_previous__ = previous  # type: ignore[attr-defined]
+    return wrapper
+
+
+class ForgeHost(WebUIFamilyHost):
     name = "forge"
 
     def __init__(self) -> None:
-        self._vae_patches: list[PatchSet] = []
+        super().__init__()
         self._planner: Optional[HyperTilePlanner] = None
+        self._vae_patches: Optional[PatchSet] = None
 
     def install_hypertile(self, p: Any, config: HyperTileConfig, seed: int,
                           vae: bool) -> HyperTilePlanner:
-        self.restore()
         self._planner = HyperTilePlanner(config, seed)
         objects = p.sd_model.forge_objects
         unet = objects.unet.clone()
@@ -49,15 +75,33 @@ class ForgeHost:
         unet.set_model_attn1_patch(attn1_patch)
         unet.set_model_attn1_output_patch(attn1_output_patch)
         objects.unet = unet
+        self._restore_vae()
         if vae:
             first_stage = objects.vae.first_stage_model
-            self._vae_patches.append(install_on_modules(None, self._planner, first_stage, seed))
+            self._vae_patches = install_on_modules(None, self._planner, first_stage, seed)
         return self._planner
 
+    def _restore_vae(self) -> None:
+        if self._vae_patches is not None:
+            self._vae_patches.restore()
+            self._vae_patches = None
+
     def restore(self) -> None:
-        for patches in reversed(self._vae_patches):
-            patches.restore()
-        self._vae_patches.clear()
+        super().restore()
+        self._restore_vae()
 
     def last_planner(self) -> Optional[HyperTilePlanner]:
         return self._planner
+
+    def _wrap_denoiser(self, p: Any, sampler: Any, wrap: Wrap, patches: PatchSet) -> None:
+        objects = p.sd_model.forge_objects
+        original = objects.unet
+        unet = original.clone()
+        unet.set_model_unet_function_wrapper(
+            chained_function_wrapper(unet.model_options.get("model_function_wrapper"), wrap))
+        objects.unet = unet
+
+        def undo() -> None:
+            if objects.unet is unet:
+                objects.unet = original
+        patches.add_undo(undo)

@@ -5,12 +5,14 @@ server without the extension). The checkpoint loaded there decides how the image
 the tests only compare images of that server with each other.
 """
 import copy
+import os
 
 import pytest
 
 from webui import TITLE
 
-BASE = {"prompt": "a lighthouse on a cliff", "negative_prompt": "blurry", "steps": 4,
+STEPS = int(os.environ.get("TILESAMPLER_IT_STEPS", "4"))
+BASE = {"prompt": "a lighthouse on a cliff", "negative_prompt": "blurry", "steps": STEPS,
         "width": 512, "height": 768, "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5,
         "batch_size": 1}
 ON_NAMED = {"hypertile": True, "hypertile_tile_size": 256, "hypertile_swap_size": 2,
@@ -96,11 +98,6 @@ def test_infotext_restores_the_settings(webui, results):
     assert answer.digest() == results["on_named"].digest()
 
 
-def test_same_seed_same_image(webui, results):
-    again = webui.call("/sdapi/v1/txt2img", payload([ON_NAMED]))
-    assert again.digest() == results["on_named"].digest()
-
-
 @pytest.mark.parametrize("args,needle", [
     ([{"hypertile": True, "hypertile_tile": 256}], "unknown key(s) 'hypertile_tile'"),
     ([{"hypertile_tile_size": 4096}], "hypertile_tile_size must be at most 2048"),
@@ -114,21 +111,18 @@ def test_bad_args_get_an_http_error_with_the_reason(webui, args, needle):
 
 
 def test_hires_fix_with_hypertile(webui):
-    body = payload([ON_NAMED], width=512, height=512, enable_hr=True, hr_scale=1.5,
-                   hr_second_pass_steps=2, denoising_strength=0.5, hr_upscaler="Latent", hr_cfg=5)
-    answer = webui.call("/sdapi/v1/txt2img", body)
+    hires = dict(width=256, height=384, enable_hr=True, hr_scale=2, hr_second_pass_steps=2,
+                 denoising_strength=0.5, hr_upscaler="Latent", hr_cfg=5)
+    answer = webui.call("/sdapi/v1/txt2img", payload([ON_NAMED], **hires))
     assert answer.status == 200, answer.body
-    assert "HyperTile: True" in answer.infotext and "Hires upscale: 1.5" in answer.infotext
-    plain = webui.call("/sdapi/v1/txt2img", payload(None, width=512, height=512, enable_hr=True,
-                                                     hr_scale=1.5, hr_second_pass_steps=2,
-                                                     denoising_strength=0.5, hr_upscaler="Latent",
-                                                     hr_cfg=5))
+    assert "HyperTile: True" in answer.infotext and "Hires upscale: 2" in answer.infotext
+    plain = webui.call("/sdapi/v1/txt2img", payload(None, **hires))
     assert plain.status == 200 and plain.digest() != answer.digest()
 
 
 def test_img2img_with_hypertile_and_vae(webui, results):
     body = payload([dict(ON_NAMED, hypertile_vae=True)], init_images=[results["plain"].body["images"][0]],
-                   denoising_strength=0.5)
+                   denoising_strength=0.5, width=256, height=384)
     answer = webui.call("/sdapi/v1/img2img", body)
     assert answer.status == 200, answer.body
     assert "HyperTile VAE: True" in answer.infotext and len(answer.images) == 1
