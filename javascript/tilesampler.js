@@ -1,5 +1,6 @@
-// Tile Sampler: a live preview of the HyperTile windows for the current image size, so the
-// cost is visible before generating. Mirrors lib_tilesampler/hypertile.py (window_count_options).
+// Tile Sampler: live previews of the HyperTile windows and of the resample tile grid for the
+// current image size, so the cost is visible before generating. Mirrors
+// lib_tilesampler/hypertile.py (window_count_options) and lib_tilesampler/tiles.py (plan_tiles).
 (function () {
     "use strict";
 
@@ -44,15 +45,44 @@
         return lines.join("<br>");
     }
 
+    function dropdownValue(id) {
+        const root = gradioApp().getElementById(id);
+        const input = root && root.querySelector("input, select");
+        return input ? input.value : "";
+    }
+
+    // Latent-tile resample: tile grid and U-Net work per step (sum of tile areas / image area),
+    // as lib_tilesampler/tiles.py plans it (tiles spread evenly, last one flush with the edge).
+    function describeResample(tab) {
+        const id = (key) => "script_" + tab + "_tile_sampler_" + key;
+        let width = numberOf(tab + "_width"), height = numberOf(tab + "_height");
+        if (tab === "txt2img" && (checked("txt2img_hr-checkbox") || checked("txt2img_enable_hr"))) {
+            const scale = numberOf("txt2img_hr_scale");
+            if (Number.isFinite(scale)) { width = Math.floor(width * scale / 8) * 8; height = Math.floor(height * scale / 8) * 8; }
+        }
+        const tile = numberOf(id("resample_tile_size")), overlap = numberOf(id("resample_overlap"));
+        if (![width, height, tile, overlap].every(Number.isFinite)) return "";
+        if (tile >= width && tile >= height) return "tile not smaller than the image (" + width + "\u00d7" + height + "): nothing to tile";
+        const moving = dropdownValue(id("resample_mode")) === "moving";
+        const count = (size) => size <= tile ? 1 : (moving ? Math.ceil(size / tile) : Math.ceil((size - overlap) / (tile - overlap)));
+        const ny = count(height), nx = count(width);
+        const th = Math.min(tile, height), tw = Math.min(tile, width);
+        const work = moving ? 1 : (ny * nx * th * tw) / (width * height);
+        return ny + "\u00d7" + nx + " tiles of " + tw + "\u00d7" + th + " px over " + width + "\u00d7" + height +
+            "; U-Net work per step \u2248 " + work.toFixed(2) + "\u00d7 an untiled pass";
+    }
+
+    function show(box, text) {
+        if (box && box.dataset.text !== text) {
+            box.dataset.text = text;
+            box.innerHTML = text ? "<small>" + text + "</small>" : "";
+        }
+    }
+
     function update() {
         for (const tab of ["txt2img", "img2img"]) {
-            const box = gradioApp().getElementById("script_" + tab + "_tile_sampler_hypertile_preview");
-            if (!box) continue;
-            const text = describe(tab);
-            if (box.dataset.text !== text) {
-                box.dataset.text = text;
-                box.innerHTML = text ? "<small>" + text + "</small>" : "";
-            }
+            show(gradioApp().getElementById("script_" + tab + "_tile_sampler_hypertile_preview"), describe(tab));
+            show(gradioApp().getElementById("script_" + tab + "_tile_sampler_resample_preview"), describeResample(tab));
         }
     }
 

@@ -64,7 +64,8 @@ def resample_independent(latent: torch.Tensor, noise: torch.Tensor, tiles: Seque
     sampler's output untouched.
     """
     if latent.shape != noise.shape:
-        raise ValueError(f"noise {tuple(noise.shape)} must have the latent's shape {tuple(latent.shape)}")
+        raise ValueError(f"noise {tuple(noise.shape)} must have the latent's shape "
+                         f"{tuple(latent.shape)}")
     height, width = latent.shape[-2:]
     if len(tiles) == 1 and tiles[0] == Tile(0, 0, height, width):
         check_stop(should_stop, 0, 1)

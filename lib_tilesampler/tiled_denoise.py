@@ -202,10 +202,11 @@ def moving_seam_denoiser(denoiser: Denoiser, tile_h: int, tile_w: int, seed: int
         if not wrap:
             tiles = shifted_grid(height, width, tile_h, tile_w, dy, dx)
             return paste_tiles(denoiser, x, t, cond, tiles, tile_batch, on_tile, should_stop)
-        back, hw = (-dy, -dx), (height, width)
-        out = paste_tiles(denoiser, torch.roll(x, back, dims=(-2, -1)), t, roll_cond(cond, back, hw),
-                          shifted_grid(height, width, tile_h, tile_w), tile_batch, on_tile,
-                          should_stop)
+        back = (-dy, -dx)
+        rolled_x = torch.roll(x, back, dims=(-2, -1))
+        rolled_cond = roll_cond(cond, back, (height, width))
+        tiles = shifted_grid(height, width, tile_h, tile_w)
+        out = paste_tiles(denoiser, rolled_x, t, rolled_cond, tiles, tile_batch, on_tile, should_stop)
         return torch.roll(out, (dy, dx), dims=(-2, -1))
 
     return moving
