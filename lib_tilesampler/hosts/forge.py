@@ -45,16 +45,32 @@ def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Wrap)
 
     def wrapper(apply_model: Callable[..., Any], args: dict) -> Any:
         extra = {k: v for k, v in args.items() if k not in ("input", "timestep", "c")}
+        rows = args["input"].shape[0]
 
         def denoiser(x: Any, t: Any, c: Any) -> Any:
+            tiles = x.shape[0] // rows
+            if tiles > 1:  # k tiles stacked tile-major: each chunk list repeats k times
+                c = _repeat_chunk_lists(c, tiles)
             if previous is None:
                 return apply_model(x, t, **c)
-            return previous(apply_model, dict(extra, input=x, timestep=t, c=c))
+            more = {k: (v * tiles if k == "cond_or_uncond" and isinstance(v, list) else v)
+                    for k, v in extra.items()}
+            return previous(apply_model, dict(more, input=x, timestep=t, c=c))
         return wrap(denoiser)(args["input"], args["timestep"], args["c"])
 
     wrapper.__tilesampler_patch__ = True  # type: ignore[attr-defined]
     wrapper.__tilesampler_previous__ = previous  # type: ignore[attr-defined]
     return wrapper
+
+
+def _repeat_chunk_lists(c: dict, tiles: int) -> dict:
+    """Forge describes a U-Net call's rows by chunks (``cond_or_uncond``: one entry per
+    chunk of batch-size rows); ``tiles`` stacked tiles repeat that layout."""
+    options = c.get("transformer_options")
+    if not isinstance(options, dict) or not isinstance(options.get("cond_or_uncond"), list):
+        return c
+    options = dict(options, cond_or_uncond=options["cond_or_uncond"] * tiles)
+    return dict(c, transformer_options=options)
 
 
 class ForgeHost(WebUIFamilyHost):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import urllib.error
@@ -35,7 +36,12 @@ class Answer:
         return self.info["infotexts"][0]
 
     def digest(self, index: int = 0) -> str:
-        return hashlib.sha256(self.images[index]).hexdigest()
+        """A hash of the image's pixels (not of the PNG file, whose text chunk holds the
+        infotext, which differs whenever the options written there differ)."""
+        from PIL import Image
+        with Image.open(io.BytesIO(self.images[index])) as image:
+            pixels = image.convert("RGB")
+            return hashlib.sha256(repr(pixels.size).encode() + pixels.tobytes()).hexdigest()
 
 
 class WebUI:
