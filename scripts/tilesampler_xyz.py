@@ -22,7 +22,7 @@ def _xyz_module() -> Optional[Any]:
 
 def _axis(xyz: Any, field: P.Field) -> Any:
     apply = xyz.apply_field("tilesampler_" + field.key)
-    label = AXIS_PREFIX + field.label if field.key != "hypertile" else AXIS_PREFIX + "HyperTile on/off"
+    label = AXIS_PREFIX + (field.infotext if field.kind is not bool else field.infotext + " on/off")
     if field.kind is bool:
         return xyz.AxisOption(label, str, apply, choices=xyz.boolean_choice(reverse=True))
     if field.choices:

@@ -83,3 +83,23 @@ def test_xyz_overrides_win_over_script_args():
     assert [f.key for f in P.FIELDS if f.xyz] == [
         "hypertile", "hypertile_tile_size", "hypertile_swap_size", "hypertile_max_depth",
         "resample_mode", "resample_tile_size", "resample_overlap", "resample_denoise"]
+
+
+def test_resample_must_fit_the_image_and_overlap_the_tile():
+    on = P.parse_args([{"resample": True, "resample_tile_size": 512, "resample_overlap": 64}])
+    assert P.resample_fit_error(on, 1024, 768) is None
+    assert "not smaller than the image (512x512)" in P.resample_fit_error(on, 512, 512)
+    assert P.resample_fit_error(on, 512, 1024) is None           # one axis to tile is enough
+    bad = dict(on, resample_overlap=512)
+    assert "must be smaller than resample_tile_size" in P.resample_fit_error(bad, 2048, 2048)
+    assert P.resample_fit_error(dict(bad, resample_mode="moving"), 2048, 2048) is None
+    assert P.resample_fit_error(P.defaults(), 64, 64) is None    # off: nothing to check
+
+
+def test_final_size_follows_the_hires_settings():
+    assert P.final_size(512, 768) == (512, 768)
+    assert P.final_size(512, 768, True, 2.0) == (1024, 1536)
+    assert P.final_size(512, 768, True, 1.5) == (768, 1152)
+    assert P.final_size(512, 768, True, 2.0, 1024, 0) == (1024, 1536)
+    assert P.final_size(512, 768, True, 2.0, 0, 1152) == (768, 1152)
+    assert P.final_size(512, 768, True, 2.0, 640, 640) == (640, 640)
