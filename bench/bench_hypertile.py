@@ -49,7 +49,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +221,10 @@ class Run:
         return statistics.median(self.wall)
 
     @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    @property
     def tiled_per_call(self) -> Optional[float]:
         return None if self.planner is None else self.planner.stats.tiled / max(1, self.calls)
 
@@ -312,21 +316,23 @@ def fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
 
 def table(results: dict[int, list[Run]]) -> str:
     """Markdown table: one row per (size, setting), ratios within the size."""
-    lines = ["| image (latent) | setting | s / U-Net call (median) | calls (s) | off / this "
-             "| this / floor | attn1 calls tiled per U-Net call | CPU/wall |",
-             "|---|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| image (latent) | setting | wall s / call (median) | wall s of each call | off / this "
+             "| this / floor | attn1 calls tiled per U-Net call | CPU s / call (median) "
+             "| off / this, CPU s | CPU / wall |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for size, runs in results.items():
         by_name = {run.setting.name: run for run in runs}
         off = by_name.get("off")
         for run in runs:
             floor = by_name.get(Setting("floor", run.setting.max_depth).name)
             speedup = off.median / run.median if off else None
+            cpu_speedup = off.cpu_median / run.cpu_median if off else None
             over_floor = run.median / floor.median if floor and run.setting.mode == "on" else None
-            cpu_ratio = sum(run.cpu) / sum(run.wall)
             lines.append(f"| {size}² ({size // LATENT_FACTOR}²) | {run.setting.name} | {run.median:.2f} "
                          f"| {', '.join(f'{w:.2f}' for w in run.wall)} | {fmt(speedup, suffix='×')} "
                          f"| {fmt(over_floor, suffix='×')} | {fmt(run.tiled_per_call, 'g')} "
-                         f"| {cpu_ratio:.2f} |")
+                         f"| {run.cpu_median:.2f} | {fmt(cpu_speedup, suffix='×')} "
+                         f"| {sum(run.cpu) / sum(run.wall):.2f} |")
     return "\n".join(lines)
 
 
@@ -350,9 +356,16 @@ def verdict(results: dict[int, list[Run]]) -> str:
     return "\n".join(lines)
 
 
-def report(results: dict[int, list[Run]], header: str, command: str, peak_gb: float) -> str:
-    return "\n".join([
-        RESULTS_HEADING, "",
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def report(results: dict[int, list[Run]], header: str, command: str, peak_gb: float,
+           pending: Sequence[int] = ()) -> str:
+    """The Markdown section for ``RESULTS.md``; ``pending`` are sizes not yet measured."""
+    status = [f"**Partial: {', '.join(f'{s}²' for s in pending)} still running or not reached.**", ""] \
+        if pending else []
+    return "\n".join([RESULTS_HEADING, ""] + status + [
         f"Machine: {header}.", "",
         f"Command: `{command}`", "",
         f"HyperTile: tile {TILE_SIZE}, swap {SWAP_SIZE}, seed {SEED}. Batch {BATCH} (CFG), "
@@ -366,14 +379,16 @@ def report(results: dict[int, list[Run]], header: str, command: str, peak_gb: fl
 
 
 def write_section(path: str, section: str) -> None:
-    """Put ``section`` into ``path``, replacing an earlier section under the same heading."""
+    """Put ``section`` into ``path``, replacing an earlier section under the same heading
+    (its first line) or appending it."""
+    heading = section.split("\n", 1)[0]
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    start = text.find(RESULTS_HEADING)
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(RESULTS_HEADING))
-        text = text[:start] + section + ("" if end < 0 else "\n" + text[end + 1:])
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section.rstrip("\n") + ("\n" if end < 0 else "\n\n" + text[end + 1:])
     with open(path, "w") as f:
         f.write(text.rstrip("\n") + "\n")
 
@@ -384,19 +399,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048],
                    help="image sides in pixels (multiples of 64)")
-    p.add_argument("--repeats", type=int, nargs="+", default=[3, 3, 1],
+    p.add_argument("--repeats", type=int, nargs="+", default=[3, 3, 2],
                    help="timed calls per setting, one value per size (the last one repeats)")
-    p.add_argument("--warmup-max", type=int, default=1024,
-                   help="warm up every setting at sizes up to this; above, only the cheapest")
+    p.add_argument("--warmup", choices=("auto", "all", "cheapest", "none"), default="auto",
+                   help="untimed calls per size: all settings, only the cheapest, or none; "
+                        "auto = all up to 1024 px, cheapest above")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model-channels", type=int, default=320, help="320 is SD1.5")
     p.add_argument("--quick", action="store_true",
-                   help="narrow U-Net (64 channels) at 256 and 512 px, one call each; no file written")
+                   help="narrow U-Net (32 channels) at 256 and 512 px, one call each, no "
+                        "warm-up; no file written")
     p.add_argument("--results", default=None,
                    help=f"Markdown file to update (default {os.path.relpath(DEFAULT_RESULTS)}, none with --quick)")
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.repeats, args.model_channels = [256, 512], [1], 64
+        args.sizes, args.repeats, args.model_channels, args.warmup = [256, 512], [1], 32, "none"
     if args.results is None and not args.quick:
         args.results = DEFAULT_RESULTS
     if any(s % 64 for s in args.sizes):
@@ -418,15 +435,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     with sdpa_attention():
         for i, size in enumerate(args.sizes):
             repeats = args.repeats[min(i, len(args.repeats) - 1)]
-            warmup = "all" if size <= args.warmup_max else "cheapest"
+            warmup = args.warmup if args.warmup != "auto" else "all" if size <= 1024 else "cheapest"
             results[size] = time_size(unet, size, repeats, warmup)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    section = report(results, header, command, peak_gb)
+            pending = args.sizes[i + 1:]
+            section = report(results, header, command, peak_rss_gb(), pending)
+            if args.results:  # after every size, so a crash later keeps what was measured
+                write_section(args.results, section)
     print("\n" + section, flush=True)
     if args.results:
-        write_section(args.results, section)
         log(f"written to {args.results}")
-
 
 if __name__ == "__main__":
     main()

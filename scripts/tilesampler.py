@@ -146,9 +146,8 @@ class TileSamplerScript(scripts.Script):
     def _install_resample(self, p: Any, values: dict, x: Any) -> None:
         host = get_host()
         sampler = getattr(p, "sampler", None)
-        if sampler is None or getattr(sampler, "_tilesampler_seen", False):
-            return  # Forge calls this hook twice for one hires pass
-        sampler._tilesampler_seen = True
+        if sampler is None:
+            return
         hr = bool(getattr(p, "is_hr_pass", False))
         main_steps = (getattr(p, "hr_second_pass_steps", 0) or p.steps) if hr else p.steps
         seeds = _base_seeds(p)
@@ -157,11 +156,16 @@ class TileSamplerScript(scripts.Script):
         plan = TilePlan.from_values(values, values["resample_steps"] or main_steps, seeds[0],
                                     wrap=bool(getattr(p, "tiling", False)))
         try:
+            # every call: Forge calls this hook twice around a hires pass and drops the
+            # U-Net patches of the first call; wrapping again replaces, never stacks
             if values["resample_where"] == "during" and x is not None and plan.exceeds(x.shape):
                 during = plan if plan.mode != "independent" else \
                     TilePlan(**{**plan.__dict__, "mode": "fused", "weights": "smooth"})
                 host.track(host.wrap_sampling(p, sampler, make_wrap(during, host.show_tiles, host.should_stop)))
-            if hr or not getattr(p, "enable_hr", False):
+            last_pass = hr or not getattr(p, "enable_hr", False)
+            if last_pass and not getattr(sampler, "_tilesampler_after", False):
+                sampler._tilesampler_after = True
+
                 def after(samples: Any, call: dict) -> Any:
                     return host.resample_after(p, samples, call, plan, values, seeds)
                 host.track(host.after_sampling(sampler, after))

@@ -77,6 +77,8 @@ class A1111Host(WebUIFamilyHost):
                 return wrap(denoiser)(x, t, cond)
             patches.wrap_forward(inner_model, call)
 
+        if _is_ours(cfg_denoiser.inner_model):
+            return  # already tiled for this sampler
         wrap_inner(cfg_denoiser.inner_model)
         self._wrapped_cfg[cfg_denoiser] = (wrap_inner, patches)
         self._register_callbacks()
