@@ -111,7 +111,8 @@ def test_bad_args_get_an_http_error_with_the_reason(webui, args, needle):
 
 
 def test_hires_fix_with_hypertile(webui):
-    hires = dict(width=256, height=384, enable_hr=True, hr_scale=2, hr_second_pass_steps=2,
+    hires = dict(hr_additional_modules=["Use same choices"],  # Forge 2 needs it (A1111 ignores it)
+                 width=256, height=384, enable_hr=True, hr_scale=2, hr_second_pass_steps=2,
                  denoising_strength=0.5, hr_upscaler="Latent", hr_cfg=5)
     answer = webui.call("/sdapi/v1/txt2img", payload([ON_NAMED], **hires))
     assert answer.status == 200, answer.body

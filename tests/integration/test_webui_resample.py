@@ -96,7 +96,8 @@ def test_img2img_with_a_mask(webui, plain):
 
 
 def test_hires_fix_then_resample(webui):
-    hires = dict(width=512, height=384, enable_hr=True, hr_scale=2, hr_second_pass_steps=2,
+    hires = dict(hr_additional_modules=["Use same choices"],  # Forge 2 needs it (A1111 ignores it)
+                 width=512, height=384, enable_hr=True, hr_scale=2, hr_second_pass_steps=2,
                  denoising_strength=0.5, hr_upscaler="Latent", hr_cfg=5)
     plain = webui.call("/sdapi/v1/txt2img", payload(None, **hires))
     answer = webui.call("/sdapi/v1/txt2img", payload(dict(RESAMPLE, resample_mode="moving"), **hires))
