@@ -92,6 +92,10 @@ def test_infotext_restores_the_settings(webui, results):
     if answer.status == 500 and "txt2img" in str(answer.body) and "KeyError" in str(answer.body):
         pytest.skip("this server runs --nowebui: the WebUI registers paste fields only when it "
                     "builds the UI, so its API cannot apply an infotext; start it with the UI")
+    if answer.status == 500 and "parameterized generic" in str(answer.body):
+        pytest.skip("this WebUI's API cannot apply an infotext at all (Forge 2: TypeError "
+                    "'isinstance() argument 2 cannot be a parameterized generic' in apply_infotext, "
+                    "also for requests without this extension's keys)")
     assert answer.status == 200, answer.body
     for key in INFOTEXT_KEYS:
         assert key in answer.infotext
