@@ -121,13 +121,15 @@ class HyperTileStats:
 
     tiled: int = 0
     untiled_no_divisor: int = 0
+    whole_by_draw: int = 0
     skipped_depth: int = 0
     unknown_shape: int = 0
     depths: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"{self.tiled} attention calls tiled, {self.untiled_no_divisor} left whole "
-                f"(no divisor), {self.skipped_depth} deeper than max depth, "
+                f"(no divisor), {self.whole_by_draw} whole by the draw (one window drawn among "
+                f"the swap choices), {self.skipped_depth} deeper than max depth, "
                 f"{self.unknown_shape} not matched to a level")
 
 
@@ -163,9 +165,13 @@ class HyperTilePlanner:
             self.stats.skipped_depth += 1
             return None
         h, w = level_grid(hw, depth)
-        win = choose_windows(h, w, self.config.min_window(depth), self.config.swap_size, self.rng)
-        if win.count == 1:
+        min_window, swap = self.config.min_window(depth), self.config.swap_size
+        if window_count_options(h, min_window, swap) == [1] == window_count_options(w, min_window, swap):
             self.stats.untiled_no_divisor += 1
+            return None
+        win = choose_windows(h, w, min_window, swap, self.rng)
+        if win.count == 1:
+            self.stats.whole_by_draw += 1
             return None
         self.stats.tiled += 1
         self.stats.depths[depth] = self.stats.depths.get(depth, 0) + 1

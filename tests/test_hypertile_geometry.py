@@ -103,3 +103,13 @@ def test_scale_depth_doubles_the_window_per_level():
 def test_choose_windows_uses_the_given_rng():
     a = [choose_windows(96, 96, 8, 4, random.Random(7)) for _ in range(3)]
     assert a[0] == a[1] == a[2]
+
+
+def test_a_drawn_single_window_is_not_counted_as_no_divisor():
+    planner = HyperTilePlanner(HyperTileConfig(tile_size=256, swap_size=2), 0)
+    planner.observe_latent((64, 64))            # options per axis: 2 or 1 windows
+    for _ in range(40):
+        planner.plan(64 * 64)
+    stats = planner.stats
+    assert stats.untiled_no_divisor == 0 and stats.whole_by_draw > 0 and stats.tiled > 0
+    assert stats.tiled + stats.whole_by_draw == 40
