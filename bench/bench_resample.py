@@ -21,12 +21,15 @@ zero-initialised layers get random values, or every output would be 0), fp32,
    the same sampler steps on the same latent (and the same with process CPU seconds).
    Passes of one image size are timed in interleaved, rotated rounds in one process.
 3. **Memory** -- a fused resample of a large image against that of an image one tile
-   big, each in a fresh subprocess: peak RSS minus the RSS just before the resample
+   big, each in fresh subprocesses: peak RSS minus the RSS just before the resample
    starts (model loaded, inputs allocated). The peak is ``VmHWM`` of ``/proc/self/status``
    after resetting it with ``/proc/self/clear_refs`` (so the model load's peak does not
-   count); without that, ``ru_maxrss``.
+   count); without that, ``ru_maxrss``. RSS also reflects the allocator's caching, so the
+   first process runs the resample once more under ``torch.profiler`` and reports the
+   exact peak of live tensor bytes.
 4. **Seams** -- ``tiles.seam_score`` of each mode's result on a smooth latent (a short
-   Euler run), next to the score of the untiled result at the same tile borders.
+   Euler run), next to the score of the untiled result at the same tile borders and the
+   score of the difference between the two, with the U-Net read as eps (A1111) and as x0.
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (flash kernel
 only), set as ldm ``CrossAttention``'s class forward for the run and checked against
@@ -313,8 +316,9 @@ class WorkRow:
 
 
 def least_work(size: int, tile: int, overlap: int) -> float:
-    """Least work per step of any tiling of a ``size``² latent by tiles of at most ``tile``
-    cells overlapping by at least ``overlap`` (tiles may differ in size): per axis, ``n``
+    """Least work per step of a grid of tiles (rows x columns, sizes may differ) over a
+    ``size``² latent, tiles at most ``tile`` cells, neighbours overlapping by at least
+    ``overlap``: per axis, ``n``
     tiles cover at most ``n * tile - (n - 1) * overlap`` cells, so at least
     ``n = ceil((size - overlap) / (tile - overlap))`` are needed and their lengths sum to at
     least ``size + (n - 1) * overlap``."""
@@ -446,9 +450,28 @@ def _reset_peak() -> bool:
         return False
 
 
+def tensor_peak_bytes(prof: torch.profiler.profile) -> int:
+    """Peak of the bytes held by tensors allocated while ``prof`` recorded (with
+    ``profile_memory=True``): the running sum of its allocation events (frees negative)."""
+    from torch._C._profiler import _EventType
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.typed[0] == _EventType.Allocation:
+            events.append((node.start_time_ns, node.typed[1].alloc_size))
+        stack.extend(node.children)
+    current = peak = 0
+    for _, size in sorted(events):
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
 def memory_child(args: argparse.Namespace) -> None:
     """In a fresh process: one fused resample (one Euler step, tile batch 1) at
-    ``args.memory_child`` px; prints a JSON line with the RSS figures (kB)."""
+    ``args.memory_child`` px, its peak RSS over the RSS before; with
+    ``args.memory_profile`` then the same resample again under the profiler, for the peak
+    of live tensor bytes. Prints a JSON line (sizes in kB)."""
     torch.set_num_threads(args.threads)
     cfg = MODELS[args.memory_model]
     unet = build_unet(cfg)
@@ -463,47 +486,84 @@ def memory_child(args: argparse.Namespace) -> None:
     with sdpa_attention(), torch.inference_mode():
         out = resample("fused", d, latent, cond, step_sigmas(1), args.tile, args.overlap)
     wall = time.perf_counter() - start
+    result = {"size": args.memory_child, "base_kb": base, "hwm_kb": _status_kb("VmHWM") if reset else None,
+              "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              "maxrss_before_kb": base_maxrss, "calls": len(d.calls),
+              "tile": f"{d.calls[0].h}×{d.calls[0].w}", "wall": wall, "tensor_peak_kb": None}
     assert torch.isfinite(out).all()
-    print(MEMORY_MARK + json.dumps({
-        "size": args.memory_child, "base_kb": base, "hwm_kb": _status_kb("VmHWM") if reset else None,
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "maxrss_before_kb": base_maxrss, "calls": len(d.calls),
-        "tile": f"{d.calls[0].h}×{d.calls[0].w}", "wall": wall}), flush=True)
+    del out
+    if args.memory_profile:
+        gc.collect()
+        with sdpa_attention(), torch.inference_mode(), torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            resample("fused", UNetDenoiser(unet), latent, cond, step_sigmas(1), args.tile, args.overlap)
+        result["tensor_peak_kb"] = tensor_peak_bytes(prof) / 1024
+    print(MEMORY_MARK + json.dumps(result), flush=True)
 
 
-def measure_memory(args: argparse.Namespace) -> list[dict]:
-    results = []
+@dataclass
+class MemoryRow:
+    size: int
+    runs: list[dict]              # one per fresh process
+    tensor_peak_kb: Optional[float]
+
+    @property
+    def deltas_kb(self) -> list[float]:
+        return [r["peak_kb"] - r["base_kb"] for r in self.runs]
+
+    @property
+    def delta_kb(self) -> float:
+        return sum(self.deltas_kb) / len(self.deltas_kb)
+
+
+def measure_memory(args: argparse.Namespace) -> list[MemoryRow]:
+    rows = []
     for size in args.memory_sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(size),
-               "--memory-model", args.memory_model, "--tile", str(args.tile),
-               "--overlap", str(args.overlap), "--threads", str(args.threads)]
-        log(f"memory: {size}px in a fresh process ({args.memory_model})")
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory child for {size}px failed:\n{proc.stderr[-3000:]}")
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith(MEMORY_MARK)][-1]
-        r = json.loads(line[len(MEMORY_MARK):])
-        r["peak_kb"] = r["hwm_kb"] if r["hwm_kb"] is not None else r["maxrss_kb"]
-        r["method"] = "VmHWM (reset)" if r["hwm_kb"] is not None else "ru_maxrss"
-        r["delta_kb"] = r["peak_kb"] - r["base_kb"]
-        log(f"memory {size}px: {r}")
-        results.append(r)
-    return results
+        runs, tensor_peak = [], None
+        for rep in range(args.memory_repeats):
+            cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(size),
+                   "--memory-model", args.memory_model, "--tile", str(args.tile),
+                   "--overlap", str(args.overlap), "--threads", str(args.threads)]
+            if rep == 0:
+                cmd.append("--memory-profile")
+            log(f"memory: {size}px, fresh process {rep + 1}/{args.memory_repeats} ({args.memory_model})")
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory child for {size}px failed:\n{proc.stderr[-3000:]}")
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith(MEMORY_MARK)][-1]
+            r = json.loads(line[len(MEMORY_MARK):])
+            r["peak_kb"] = r["hwm_kb"] if r["hwm_kb"] is not None else r["maxrss_kb"]
+            r["method"] = "VmHWM (reset)" if r["hwm_kb"] is not None else "ru_maxrss"
+            tensor_peak = r["tensor_peak_kb"] if r["tensor_peak_kb"] is not None else tensor_peak
+            log(f"memory {size}px: {r}")
+            runs.append(r)
+        rows.append(MemoryRow(size, runs, tensor_peak))
+    return rows
 
 
-def memory_table(results: list[dict]) -> str:
-    ref = results[0]
-    lines = ["| image (latent) | U-Net calls (tile) | RSS before (MB) | peak RSS (MB) | peak − before (MB) "
-             "| ÷ first row | ≤ 1.3× | ru_maxrss − RSS before (MB) | wall s |",
-             "|---|---|---:|---:|---:|---:|:---:|---:|---:|"]
-    for r in results:
-        ratio = r["delta_kb"] / ref["delta_kb"]
+def memory_table(rows: list[MemoryRow]) -> str:
+    ref = rows[0]
+    lines = ["| image (latent) | U-Net calls (tile) | RSS before (MB) | peak RSS − before, each process (MB) "
+             "| mean (MB) | ÷ first row | ≤ 1.3× | peak of live tensors (MB) | ÷ first row | ≤ 1.3× "
+             "| wall s |",
+             "|---|---|---:|---|---:|---:|:---:|---:|---:|:---:|---:|"]
+    for r in rows:
+        ratio = r.delta_kb / ref.delta_kb
+        t_ratio = (r.tensor_peak_kb / ref.tensor_peak_kb
+                   if r.tensor_peak_kb is not None and ref.tensor_peak_kb else None)
         ok = "—" if r is ref else "yes" if ratio <= TARGET_MEMORY else "**no**"
-        lines.append(f"| {r['size']}² ({r['size'] // LATENT_FACTOR}²) | {r['calls']} ({r['tile']}) "
-                     f"| {r['base_kb'] / 1024:.0f} | {r['peak_kb'] / 1024:.0f} | {r['delta_kb'] / 1024:.0f} "
-                     f"| {ratio:.3f}× | {ok} | {(r['maxrss_kb'] - r['base_kb']) / 1024:.0f} "
-                     f"| {r['wall']:.0f} |")
+        t_ok = "—" if r is ref or t_ratio is None else "yes" if t_ratio <= TARGET_MEMORY else "**no**"
+        first = r.runs[0]
+        lines.append(f"| {r.size}² ({r.size // LATENT_FACTOR}²) | {first['calls']} ({first['tile']}) "
+                     f"| {first['base_kb'] / 1024:.0f} | {', '.join(f'{d / 1024:.0f}' for d in r.deltas_kb)} "
+                     f"| {r.delta_kb / 1024:.0f} | {ratio:.3f}× | {ok} "
+                     f"| {fmt_mb(r.tensor_peak_kb)} | {'—' if t_ratio is None else f'{t_ratio:.3f}×'} | {t_ok} "
+                     f"| {first['wall']:.0f} |")
     return "\n".join(lines)
+
+
+def fmt_mb(kb: Optional[float]) -> str:
+    return "—" if kb is None else f"{kb / 1024:.1f}"
 
 
 # --------------------------------------------------------------------------- 4. seams
@@ -623,6 +683,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--memory-sizes", type=int, nargs="+", default=[1024, 4096],
                    help="image sides (px) of the memory table; the first is the reference")
     p.add_argument("--memory-model", choices=sorted(MODELS), default="sd1-64")
+    p.add_argument("--memory-repeats", type=int, default=2, help="fresh processes per memory size")
+    p.add_argument("--memory-profile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seam-model", choices=sorted(MODELS), default="sd1-64")
     p.add_argument("--seam-latent", type=int, nargs=2, default=[96, 128], metavar=("H", "W"),
                    help="latent size (cells) of the seam table")
@@ -642,7 +704,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.quick:
         args.sizes, args.work_sizes, args.steps, args.rounds = [512], [512, 1024], 2, [1]
         args.models, args.memory_model, args.seam_model = ["tiny"], "tiny", "tiny"
-        args.tile, args.overlap, args.memory_sizes = 256, 64, [256, 512]
+        args.tile, args.overlap, args.memory_sizes, args.memory_repeats = 256, 64, [256, 512], 1
         args.seam_latent, args.seam_tile, args.seam_overlap = [48, 64], 32, 8
     if args.results is None and not args.quick:
         args.results = DEFAULT_RESULTS
@@ -722,19 +784,33 @@ def main(argv: Optional[list[str]] = None) -> None:
             mem = measure_memory(args)
             parts += ["### 3. Peak memory of a fused resample", "",
                       f"Fused mode, one Euler step (one denoiser call), tile batch 1, tiles {args.tile} px, "
-                      f"overlap {args.overlap} px, `{args.memory_model}` U-Net, each size in a fresh "
-                      f"process. Peak RSS by {mem[0]['method']}; 'RSS before' is taken after the model "
-                      "is built and the inputs allocated, just before `run_resample`. The first row's "
-                      "image is one tile: its call is a plain untiled U-Net call of the tile's size.", "",
+                      f"overlap {args.overlap} px, `{args.memory_model}` U-Net, {args.memory_repeats} fresh "
+                      f"process(es) per size. Peak RSS by {mem[0].runs[0]['method']}; 'RSS before' is taken "
+                      "after the model is built and the inputs allocated, just before `run_resample` (the "
+                      "model build's own peak is not counted). RSS depends on the allocator's state (glibc "
+                      "keeps and reuses freed blocks), so it varies between processes; the 'live tensors' "
+                      "column is exact: in the first process the same resample is run once more under "
+                      "`torch.profiler` (`profile_memory=True`) and the peak of the running sum of its "
+                      "tensor allocations and frees is taken. The first row's image is one tile: its call "
+                      "is a plain untiled U-Net call of the tile's size.", "",
                       memory_table(mem), ""]
+            ref = mem[0]
             for r in mem[1:]:
-                ratio = r["delta_kb"] / mem[0]["delta_kb"]
-                extra_mb = (r["delta_kb"] - mem[0]["delta_kb"]) / 1024
-                latent_mb = ROWS * 4 * (r["size"] // LATENT_FACTOR) ** 2 * 4 / 2 ** 20
-                verdicts.append(f"- Memory {r['size']}² ÷ {mem[0]['size']}² (peak − before): {ratio:.3f}× "
-                                f"(target ≤ {TARGET_MEMORY}×): **{'met' if ratio <= TARGET_MEMORY else 'not met'}**; "
-                                f"the difference, {extra_mb:.0f} MB, is {extra_mb / latent_mb:.1f}× one "
-                                f"{ROWS}-row fp32 latent of that size ({latent_mb:.1f} MB)")
+                ratio = r.delta_kb / ref.delta_kb
+                extra_mb = (r.delta_kb - ref.delta_kb) / 1024
+                latent_mb = ROWS * 4 * (r.size // LATENT_FACTOR) ** 2 * 4 / 2 ** 20
+                verdicts.append(f"- Memory {r.size}² ÷ {ref.size}², peak RSS − before (mean of "
+                                f"{len(r.runs)}): {ratio:.3f}× (each: "
+                                f"{', '.join(f'{d / ref.delta_kb:.3f}×' for d in r.deltas_kb)}; target ≤ "
+                                f"{TARGET_MEMORY}×): **{'met' if ratio <= TARGET_MEMORY else 'not met'}**")
+                if r.tensor_peak_kb is not None and ref.tensor_peak_kb:
+                    t_ratio = r.tensor_peak_kb / ref.tensor_peak_kb
+                    t_extra = (r.tensor_peak_kb - ref.tensor_peak_kb) / 1024
+                    verdicts.append(f"- Memory {r.size}² ÷ {ref.size}², peak of live tensors: {t_ratio:.3f}× "
+                                    f"(target ≤ {TARGET_MEMORY}×): **{'met' if t_ratio <= TARGET_MEMORY else 'not met'}**; "
+                                    f"the difference, {t_extra:.0f} MB (RSS: {extra_mb:.0f} MB), is "
+                                    f"{t_extra / latent_mb:.1f}× one {ROWS}-row fp32 latent of that size "
+                                    f"({latent_mb:.1f} MB)")
             print("\n" + "\n".join(parts[-2:]), flush=True)
         if "time" in args.parts:
             timed = []
@@ -776,7 +852,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     section = "\n".join([RESULTS_HEADING, "", f"Machine: {header}.", "", f"Command: `{command}` "
                          f"({(time.perf_counter() - wall0) / 60:.0f} min).", "",
                          "All numbers of a table come from one run of the command above, in one process "
-                         "(memory: one fresh process per size); other jobs shared the machine, so read the "
+                         "(memory: fresh processes, started by it); other jobs shared the machine, so read the "
                          "ratios. `CPU / wall` well below the thread count means the run was starved. "
                          "Default: 1 torch thread with `OMP_WAIT_POLICY=PASSIVE`: with the load several "
                          "times the core count, a second thread mostly waits for a core and every "
