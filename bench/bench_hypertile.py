@@ -38,23 +38,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import os
-import platform
-import re
 import resource
 import shlex
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -63,6 +56,7 @@ if ROOT not in sys.path:
 from lib_tilesampler.hypertile import LATENT_FACTOR, HyperTileConfig, HyperTilePlanner  # noqa: E402
 from lib_tilesampler.hypertile_install import install_on_modules, self_attention_modules  # noqa: E402
 from lib_tilesampler.module_patch import PatchSet, first_tensor_arg  # noqa: E402
+from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
 
 RESULTS_HEADING = "## HyperTile: one SD1.5 U-Net call on CPU"
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -94,31 +88,6 @@ def unet_inputs(image_size: int, seed: int = 1) -> tuple[torch.Tensor, torch.Ten
 
 
 # --------------------------------------------------------------------------- attention
-
-def sdpa_forward(self: torch.nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """ldm ``CrossAttention.forward`` computed with ``scaled_dot_product_attention``."""
-    context = x if context is None else context
-    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
-               for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-    attn_mask = None if mask is None else mask.reshape(mask.shape[0], 1, 1, -1).bool()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # scale = d ** -0.5, as ldm
-    return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
-
-
-@contextlib.contextmanager
-def sdpa_attention() -> Iterator[None]:
-    """Make every ldm ``CrossAttention`` use :func:`sdpa_forward` with the flash kernel
-    only (so a fallback can never materialise the attention matrix); restore afterwards."""
-    from ldm.modules.attention import CrossAttention
-    original = CrossAttention.__dict__["forward"]
-    CrossAttention.forward = sdpa_forward  # type: ignore[method-assign]
-    try:
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            yield
-    finally:
-        CrossAttention.forward = original  # type: ignore[method-assign]
-
 
 def check_sdpa_forward(unet: torch.nn.Module, tokens: int = 256) -> None:
     """Assert that :func:`sdpa_forward` matches ldm's default forward on the U-Net's own
@@ -259,6 +228,8 @@ def time_size(unet: torch.nn.Module, image_size: int, repeats: int, warmup: str,
     for run in warm:
         wall, _ = call_unet(unet, run, inputs)
         log(f"{image_size}px warm-up {run.setting.name}: {wall:.2f}s")
+    for run in runs:  # fresh planners: the timed calls of "on" and "floor" draw alike
+        run.planner, run.calls = run.setting.planner(), 0
     for r in range(repeats):
         order = runs[r % len(runs):] + runs[:r % len(runs)]  # rotate who goes first
         for run in order:
@@ -289,26 +260,6 @@ def check_floor_matches(runs: list[Run]) -> None:
 
 
 # --------------------------------------------------------------------------- report
-
-def log(message: str) -> None:
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        return match.group(1).strip() if match else platform.processor()
-    except OSError:
-        return platform.processor() or "unknown"
-
-
-def machine_line(threads: int) -> str:
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({threads} threads), Python {platform.python_version()}, "
-            f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average at start {load}")
-
 
 def fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
@@ -376,21 +327,6 @@ def report(results: dict[int, list[Run]], header: str, command: str, peak_gb: fl
         "the process was not starved by other jobs.", "",
         table(results), "",
         verdict(results), ""])
-
-
-def write_section(path: str, section: str) -> None:
-    """Put ``section`` into ``path``, replacing an earlier section under the same heading
-    (its first line) or appending it."""
-    heading = section.split("\n", 1)[0]
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    start = text.find(heading + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section.rstrip("\n") + ("\n" if end < 0 else "\n\n" + text[end + 1:])
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
 
 
 # --------------------------------------------------------------------------- main

@@ -44,12 +44,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -57,7 +54,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning. On a machine shared
 # with other jobs, spinning threads of an oversubscribed pool made U-Net calls ~10x slower.
@@ -65,8 +62,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from einops import rearrange  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -77,6 +72,7 @@ from lib_tilesampler.cond_crop import crop_cond  # noqa: E402
 from lib_tilesampler.resample_pass import LATENT_FACTOR, TilePlan, run_resample  # noqa: E402
 from lib_tilesampler.tiled_denoise import seam_offset  # noqa: E402
 from lib_tilesampler.tiles import seam_score, shifted_grid  # noqa: E402
+from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
 
 RESULTS_HEADING = "## Latent-tile resample: U-Net work, time per work, memory, seams (CPU)"
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -136,32 +132,6 @@ def build_unet(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------- attention
-
-def sdpa_forward(self: torch.nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """ldm ``CrossAttention.forward`` through ``scaled_dot_product_attention`` (same
-    projections, heads and ``d ** -0.5`` scale; ``mask`` is never used by SD1's U-Net)."""
-    if mask is not None:
-        raise NotImplementedError("attention masks are not used by the benchmark's U-Nets")
-    context = x if context is None else context
-    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
-               for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-    out = F.scaled_dot_product_attention(q, k, v)
-    return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
-
-
-@contextlib.contextmanager
-def sdpa_attention() -> Iterator[None]:
-    """ldm ``CrossAttention`` uses :func:`sdpa_forward`, flash kernel only, until exit."""
-    from ldm.modules.attention import CrossAttention
-    original = CrossAttention.__dict__["forward"]
-    CrossAttention.forward = sdpa_forward  # type: ignore[method-assign]
-    try:
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            yield
-    finally:
-        CrossAttention.forward = original  # type: ignore[method-assign]
-
 
 def check_sdpa(unet: torch.nn.Module, context_dim: int) -> int:
     """Assert that the SDPA forward matches ldm's default forward on each distinct
@@ -624,44 +594,6 @@ def seam_table(rows: list[SeamRow]) -> str:
 
 
 # --------------------------------------------------------------------------- report
-
-def log(message: str) -> None:
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        return m.group(1).strip() if m else platform.processor()
-    except OSError:
-        return platform.processor() or "unknown"
-
-
-def machine_line(threads: int) -> str:
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, Python {platform.python_version()}, "
-            f"{datetime.datetime.now():%Y-%m-%d %H:%M}; "
-            f"load average at start {load}")
-
-
-def write_section(path: str, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (from its heading to the next ``## ``
-    heading), or append it; a missing file is created with just this section. The file
-    is read just before writing, so other sections written meanwhile are kept."""
-    text = open(path).read() if os.path.exists(path) else ""
-    start = text.find(RESULTS_HEADING)
-    if start < 0:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
-    else:
-        end = text.find("\n## ", start + len(RESULTS_HEADING))
-        text = text[:start] + section.rstrip("\n") + "\n" + ("" if end < 0 else "\n" + text[end + 1:])
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-    os.replace(tmp, path)
-
 
 # --------------------------------------------------------------------------- main
 
