@@ -170,3 +170,35 @@ def test_forge_reinstall_drops_our_previous_patches_only():
     patches = model_options["transformer_options"]["patches"]
     assert len(patches["attn1_patch"]) == 2 and patches["attn1_patch"][0] is other
     assert len(patches["attn1_output_patch"]) == 1
+
+
+def test_resample_interception_of_the_sampler_is_undone():
+    """``after_sampling`` makes the last pass's sampler hand its latent to the resample;
+    restore puts the sampler's own methods back, also after the resample raised."""
+    from lib_tilesampler.hosts.webui_common import WebUIFamilyHost
+
+    class Sampler:
+        def sample(self, p, x, c, uc, steps=None, image_conditioning=None):
+            return x + 1
+
+        def sample_img2img(self, p, x, noise, c, uc, steps=None, image_conditioning=None):
+            return x + 2
+
+    sampler, host = Sampler(), WebUIFamilyHost()
+    seen = []
+
+    def after(samples, call):
+        seen.append(sorted(call))
+        if samples.sum() > 100:
+            raise RuntimeError("resample failed")
+        return samples * 10
+
+    host.track(host.after_sampling(sampler, after))
+    assert torch.equal(sampler.sample(None, torch.zeros(1), "c", "uc"), torch.full((1,), 10.0))
+    assert torch.equal(sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc"), torch.full((1,), 20.0))
+    assert "conditioning" in seen[0] and "unconditional_conditioning" in seen[1]
+    with pytest.raises(RuntimeError):
+        sampler.sample(None, torch.full((1,), 200.0), "c", "uc")
+    host.restore()
+    assert "sample" not in sampler.__dict__ and "sample_img2img" not in sampler.__dict__
+    assert torch.equal(sampler.sample(None, torch.zeros(1), "c", "uc"), torch.ones(1))
