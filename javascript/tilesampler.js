@@ -64,9 +64,18 @@
         if (![width, height, tile, overlap].every(Number.isFinite)) return "";
         if (tile >= width && tile >= height) return "tile not smaller than the image (" + width + "\u00d7" + height + "): nothing to tile";
         const moving = dropdownValue(id("resample_mode")) === "moving";
-        const count = (size) => size <= tile ? 1 : (moving ? Math.ceil(size / tile) : Math.ceil((size - overlap) / (tile - overlap)));
-        const ny = count(height), nx = count(width);
-        const th = Math.min(tile, height), tw = Math.min(tile, width);
+        // as lib_tilesampler.tiles.axis_span: the tile size sets the count, the overlap
+        // widens the tiles (sides rounded up to 64 px, capped at the image side)
+        const span = (size) => {
+            if (size <= tile) return [1, size];
+            if (moving) return [Math.ceil(size / tile), Math.min(tile, size)];
+            let n = Math.ceil(size / tile);
+            const side = Math.min(size, Math.ceil(Math.ceil((size + (n - 1) * overlap) / n) / 64) * 64);
+            if (side >= size) return [1, size];
+            n = Math.min(n, Math.ceil((size - overlap) / (side - overlap)));
+            return [n, side];
+        };
+        const [ny, th] = span(height), [nx, tw] = span(width);
         const work = moving ? 1 : (ny * nx * th * tw) / (width * height);
         return ny + "\u00d7" + nx + " tiles of " + tw + "\u00d7" + th + " px over " + width + "\u00d7" + height +
             "; U-Net work per step \u2248 " + work.toFixed(2) + "\u00d7 an untiled pass";

@@ -20,7 +20,8 @@ from .resample import is_identity, resample_independent
 from .tiled_denoise import (Denoiser, OnTile, ShouldStop, fused_denoiser, moving_seam_denoiser)
 from .tiles import Tile, blend_weights, plan_tiles
 
-LATENT_FACTOR = 8
+LATENT_FACTOR = 8   # image pixels per latent cell
+LATENT_ALIGN = 8    # tile sides in multiples of the U-Net's total downsampling (3 halvings)
 Wrap = Callable[[Denoiser], Denoiser]
 SampleWhole = Callable[[torch.Tensor, torch.Tensor, Wrap], torch.Tensor]
 SampleTiles = Callable[[torch.Tensor, torch.Tensor, Sequence[Tile]], torch.Tensor]
@@ -58,8 +59,8 @@ class TilePlan:
         return latent_hw[-2] > self.tile or latent_hw[-1] > self.tile
 
     def tiles(self, height: int, width: int) -> list[Tile]:
-        return plan_tiles(height, width, min(self.tile, height), min(self.tile, width),
-                          min(self.overlap, max(0, min(self.tile, height, width) - 1)))
+        """The overlapping tiles of the independent and fused modes over a latent."""
+        return plan_tiles(height, width, self.tile, self.tile, self.overlap, LATENT_ALIGN)
 
 
 def make_wrap(plan: TilePlan, on_tile: Optional[OnTile] = None,
@@ -67,7 +68,7 @@ def make_wrap(plan: TilePlan, on_tile: Optional[OnTile] = None,
     """The denoiser wrapper of a fused or moving plan."""
     if plan.mode == "fused":
         return lambda d: fused_denoiser(d, plan.tile, plan.tile, plan.overlap, plan.weights,
-                                        plan.batch, on_tile, should_stop)
+                                        plan.batch, on_tile, should_stop, LATENT_ALIGN)
     if plan.mode == "moving":
         return lambda d: moving_seam_denoiser(d, plan.tile, plan.tile, plan.seed, plan.wrap,
                                               plan.batch, on_tile, should_stop)

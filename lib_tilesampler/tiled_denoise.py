@@ -131,10 +131,11 @@ def _check_tile(tile_h: int, tile_w: int, tile_batch: int) -> None:
 def fused_denoiser(denoiser: Denoiser, tile_h: int, tile_w: int, overlap: int,
                    weighting: str = "gaussian", tile_batch: int = 1,
                    on_tile: Optional[OnTile] = None,
-                   should_stop: Optional[ShouldStop] = None) -> Denoiser:
+                   should_stop: Optional[ShouldStop] = None, align: int = 1) -> Denoiser:
     """MultiDiffusion: every call is split into the overlapping tiles of ``plan_tiles``
-    (``tile_h x tile_w`` cells, at least ``overlap`` cells of overlap) and fused with
-    ``weighting`` (``"gaussian"``, ``"uniform"`` or ``"smooth"``, see ``blend_weights``)."""
+    (``ceil(height / tile_h) x ceil(width / tile_w)`` tiles widened by the overlap, sides
+    rounded up to multiples of ``align``) and fused with ``weighting`` (``"gaussian"``,
+    ``"uniform"`` or ``"smooth"``, see ``blend_weights``)."""
     _check_tile(tile_h, tile_w, tile_batch)
     if weighting not in BLEND_KINDS:
         raise ValueError(f"weighting must be one of {', '.join(BLEND_KINDS)}, not {weighting!r}")
@@ -149,7 +150,7 @@ def fused_denoiser(denoiser: Denoiser, tile_h: int, tile_w: int, overlap: int,
             return _whole(denoiser, x, t, cond, on_tile, should_stop)
         key = (height, width, x.device)
         if key not in plans:
-            tiles = plan_tiles(height, width, tile_h, tile_w, overlap)
+            tiles = plan_tiles(height, width, tile_h, tile_w, overlap, align)
             weights = blend_weights(tiles, height, width, weighting, overlap)
             plans[key] = tiles, [w.to(x.device) for w in weights]
         tiles, weights = plans[key]

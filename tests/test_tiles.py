@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lib_tilesampler.tiles import (BLEND_KINDS, Tile, axis_origins, batch_tiles, blend_weights,
-                                   plan_tiles, seam_score, shifted_grid, weight_sum)
+from lib_tilesampler.tiles import (BLEND_KINDS, Tile, axis_span, batch_tiles, blend_weights,
+                                   plan_tiles, plan_work, seam_score, shifted_grid, weight_sum)
 
 SIZES = [(37, 53), (24, 72), (72, 24), (64, 64), (5, 100), (9, 9)]
 TILES = [(16, 16, 4), (16, 24, 8), (8, 8, 0), (32, 16, 7), (12, 12, 11)]
@@ -20,26 +20,46 @@ def coverage(tiles, height, width):
 
 @pytest.mark.parametrize("height,width", SIZES)
 @pytest.mark.parametrize("tile_h,tile_w,overlap", TILES)
-def test_plan_covers_every_cell_with_equal_tiles_inside_the_latent(height, width, tile_h, tile_w, overlap):
-    tiles = plan_tiles(height, width, tile_h, tile_w, overlap)
+@pytest.mark.parametrize("align", [1, 8])
+def test_plan_covers_every_cell_with_equal_tiles_inside_the_latent(height, width, tile_h, tile_w, overlap, align):
+    tiles = plan_tiles(height, width, tile_h, tile_w, overlap, align)
     assert (coverage(tiles, height, width) >= 1).all()
-    assert {t.size for t in tiles} == {(min(tile_h, height), min(tile_w, width))}
+    assert len({t.size for t in tiles}) == 1
+    th, tw = tiles[0].size
+    assert th == height or (th % align == 0 and th < tile_h + overlap + align)
+    assert tw == width or (tw % align == 0 and tw < tile_w + overlap + align)
     assert all(t.y >= 0 and t.x >= 0 and t.y + t.h <= height and t.x + t.w <= width for t in tiles)
     assert len(set(tiles)) == len(tiles)
 
 
-@pytest.mark.parametrize("size", [5, 16, 17, 37, 53, 72, 100])
-@pytest.mark.parametrize("tile,overlap", [(16, 4), (16, 0), (8, 7), (24, 8), (12, 11)])
-def test_origins_start_at_zero_end_flush_and_overlap_at_least_as_asked(size, tile, overlap):
-    origins = axis_origins(size, tile, overlap)
-    side = min(tile, size)
+@pytest.mark.parametrize("size", [5, 16, 17, 37, 53, 72, 100, 256])
+@pytest.mark.parametrize("tile,overlap", [(16, 4), (16, 0), (8, 7), (24, 8), (12, 11), (128, 16)])
+@pytest.mark.parametrize("align", [1, 8])
+def test_origins_start_at_zero_end_flush_and_overlap_at_least_as_asked(size, tile, overlap, align):
+    side, origins = axis_span(size, tile, overlap, align)
     assert origins[0] == 0 and origins[-1] + side == size
     assert origins == sorted(set(origins))
     assert all(b - a <= side - overlap for a, b in zip(origins, origins[1:]))   # real overlap >= asked
-    if len(origins) > 1:   # as few tiles as that overlap allows
-        assert len(origins) == math.ceil((size - overlap) / (tile - overlap))
+    if len(origins) > 1:
+        n = len(origins)
+        assert n <= math.ceil(size / tile)                  # the tile size sets the count
+        assert (n - 1) * side - (n - 2) * overlap < size   # and no fewer tiles of that side span
+        assert side % align == 0 and side < tile + overlap + align
         steps = [b - a for a, b in zip(origins, origins[1:])]
         assert max(steps) - min(steps) <= 1                                      # spread evenly
+    else:
+        assert side == size
+
+
+def test_the_overlap_widens_the_tiles_instead_of_adding_tiles():
+    # 2048 px from 1024 px tiles with 128 px of overlap, in latent cells: 2 x 2 tiles of 136
+    tiles = plan_tiles(256, 256, 128, 128, 16, 8)
+    assert tiles == [Tile(0, 0, 136, 136), Tile(0, 120, 136, 136),
+                     Tile(120, 0, 136, 136), Tile(120, 120, 136, 136)]
+    assert plan_work(tiles) == pytest.approx((272 / 256) ** 2)    # 1.13, not the 2.25 of 3 x 3
+    assert plan_work(plan_tiles(256, 256, 256, 256, 16, 8)) == 1.0
+    # 1024 x 768 px from a 512 px tile with 64 px of overlap: sides rounded up to 8 cells
+    assert {t.size for t in plan_tiles(96, 128, 64, 64, 8, 8)} == {(56, 72)}
 
 
 def test_overlap_not_smaller_than_the_tile_is_refused():
@@ -51,7 +71,7 @@ def test_overlap_not_smaller_than_the_tile_is_refused():
 
 def test_latent_smaller_than_the_tile_is_one_tile_of_its_size():
     assert plan_tiles(37, 53, 64, 64, 8) == [Tile(0, 0, 37, 53)]
-    assert {t.size for t in plan_tiles(10, 53, 16, 16, 4)} == {(10, 16)}
+    assert {t.size for t in plan_tiles(10, 53, 16, 16, 4)} == {(10, 17)}   # 4 tiles along x
 
 
 @pytest.mark.parametrize("kind", BLEND_KINDS)
@@ -82,7 +102,7 @@ def test_smooth_weights_crossfade_both_ways_over_the_overlap_and_are_flat_elsewh
 
 
 def test_gaussian_weights_peak_at_the_tile_centre():
-    tiles = plan_tiles(32, 32, 16, 16, 8)
+    tiles = [Tile(y, x, 16, 16) for y in (0, 8, 16) for x in (0, 8, 16)]
     raw = blend_weights([tiles[0]], 16, 16, "gaussian")[0]    # one tile alone: normalised to 1
     assert (raw == 1).all()
     weights = blend_weights(tiles, 32, 32, "gaussian", 8)
