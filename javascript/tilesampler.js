@@ -64,16 +64,14 @@
         if (![width, height, tile, overlap].every(Number.isFinite)) return "";
         if (tile >= width && tile >= height) return "tile not smaller than the image (" + width + "\u00d7" + height + "): nothing to tile";
         const moving = dropdownValue(id("resample_mode")) === "moving";
-        // as lib_tilesampler.tiles.axis_span: the tile size sets the count, the overlap
-        // widens the tiles (sides rounded up to 64 px, capped at the image side)
+        // as lib_tilesampler.tiles.axis_span: as few tiles of at most `tile` px as keep the
+        // overlap, shrunk to the least side that does (rounded up to 64 px within the tile)
         const span = (size) => {
             if (size <= tile) return [1, size];
-            if (moving) return [Math.ceil(size / tile), Math.min(tile, size)];
-            let n = Math.ceil(size / tile);
-            const side = Math.min(size, Math.ceil(Math.ceil((size + (n - 1) * overlap) / n) / 64) * 64);
-            if (side >= size) return [1, size];
-            n = Math.min(n, Math.ceil((size - overlap) / (side - overlap)));
-            return [n, side];
+            if (moving) return [Math.ceil(size / tile), tile];
+            const n = Math.ceil((size - overlap) / (tile - overlap));
+            const aligned = Math.ceil(Math.ceil((size + (n - 1) * overlap) / n) / 64) * 64;
+            return [n, aligned <= tile ? aligned : tile];
         };
         const [ny, th] = span(height), [nx, tw] = span(width);
         const work = moving ? 1 : (ny * nx * th * tw) / (width * height);

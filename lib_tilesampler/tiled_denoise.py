@@ -133,8 +133,8 @@ def fused_denoiser(denoiser: Denoiser, tile_h: int, tile_w: int, overlap: int,
                    on_tile: Optional[OnTile] = None,
                    should_stop: Optional[ShouldStop] = None, align: int = 1) -> Denoiser:
     """MultiDiffusion: every call is split into the overlapping tiles of ``plan_tiles``
-    (``ceil(height / tile_h) x ceil(width / tile_w)`` tiles widened by the overlap, sides
-    rounded up to multiples of ``align``) and fused with ``weighting`` (``"gaussian"``,
+    (at most ``tile_h x tile_w`` cells, sides in multiples of ``align`` where possible, at
+    least ``overlap`` cells of overlap) and fused with ``weighting`` (``"gaussian"``,
     ``"uniform"`` or ``"smooth"``, see ``blend_weights``)."""
     _check_tile(tile_h, tile_w, tile_batch)
     if weighting not in BLEND_KINDS:

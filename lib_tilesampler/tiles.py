@@ -42,17 +42,16 @@ class Tile:
 def axis_span(size: int, tile: int, overlap: int, align: int = 1) -> tuple[int, list[int]]:
     """The side and the origins of the equal tiles along one axis of ``size`` cells.
 
-    ``tile`` sets how many tiles there are: ``n = ceil(size / tile)``, the fewest that
-    tile the axis without overlap. The overlap then widens them instead of adding tiles:
-    ``n`` tiles of side ``s`` with neighbours overlapping by ``overlap`` span
-    ``n s - (n - 1) overlap`` cells, so ``s = ceil((size + (n - 1) overlap) / n)``, rounded
-    up to a multiple of ``align`` (the U-Net's downsampling, so that a tile goes through
-    it without padding) and capped at ``size``; when that rounding lets fewer tiles span
-    the axis, fewer are used. Hence ``s < tile + overlap + align`` and the
-    U-Net work per step along the axis is ``n s / size``, about ``1 + overlap / tile``
-    rather than the ``(1 + overlap / (tile - overlap))`` of a grid of fixed ``tile`` sides
-    (for 2048 px from 1024 px tiles with 128 px of overlap: 2 tiles of 1088 px, work
-    1.06 per axis, where a fixed 1024 px side needs 3 tiles, 1.5 per axis).
+    ``tile`` is the largest side allowed (the memory budget). ``n`` tiles of side ``s``
+    whose neighbours overlap by ``overlap`` span ``n s - (n - 1) overlap`` cells, so the
+    fewest tiles of at most ``tile`` cells are ``n = ceil((size - overlap) / (tile - overlap))``.
+    Rather than keeping them ``tile`` cells wide (which makes the overlaps, and the U-Net
+    work, larger than asked), the tiles shrink to the least side that still spans the axis,
+    ``s = ceil((size + (n - 1) overlap) / n)``, rounded up to a multiple of ``align`` (the
+    U-Net's total downsampling, so that a tile passes it without padding) when that stays
+    within ``tile``. The work per step along the axis is then ``n s / size``: for 2048 px
+    from 1024 px tiles with 128 px of overlap, 3 tiles of 768 px (1.125, so 1.27 in 2-D),
+    where 3 tiles of 1024 px would be 1.5 (2.25 in 2-D).
 
     Origins are ``round(i (size - s) / (n - 1))``: the first tile starts at 0, the last
     ends flush with the far edge, the gaps are spread evenly, and as
@@ -60,12 +59,10 @@ def axis_span(size: int, tile: int, overlap: int, align: int = 1) -> tuple[int, 
     """
     if size <= tile:
         return size, [0]
-    n = -(-size // tile)
-    side = -(-(size + (n - 1) * overlap) // n)
-    side = min(size, -(-side // align) * align)
-    if side >= size:
-        return size, [0]
-    n = min(n, -(-(size - overlap) // (side - overlap)))   # rounding up may spare a tile
+    n = -(-(size - overlap) // (tile - overlap))
+    least = -(-(size + (n - 1) * overlap) // n)
+    aligned = -(-least // align) * align
+    side = aligned if aligned <= tile else tile
     span = size - side
     return side, [(2 * i * span + n - 1) // (2 * (n - 1)) for i in range(n)]
 
@@ -74,10 +71,9 @@ def plan_tiles(height: int, width: int, tile_h: int, tile_w: int, overlap: int,
                align: int = 1) -> list[Tile]:
     """Equal, overlapping tiles covering a ``height x width`` latent, in row-major order.
 
-    ``ceil(height / tile_h) x ceil(width / tile_w)`` tiles, each widened by the overlap
-    (see ``axis_span``): a tile is at most ``tile + overlap`` cells (plus the rounding
-    to ``align``) per side, and neighbours overlap by at least ``overlap``. A side not
-    larger than the tile is one tile of that side.
+    Tiles are at most ``tile_h x tile_w`` cells, as few as that allows, and no larger than
+    needed for neighbours to overlap by at least ``overlap`` (see ``axis_span``). A side
+    not larger than the tile is one tile of that side.
     """
     if min(height, width) < 1:
         raise ValueError(f"latent must be at least 1x1 cells, not {height}x{width}")

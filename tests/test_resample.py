@@ -117,7 +117,7 @@ def test_independent_tiles_without_overlap_show_a_seam_the_metric_detects():
 
 def test_progress_and_interrupt_between_tile_batches():
     latent, noise = latent_and_noise(37, 53)
-    tiles = plan_tiles(37, 53, 13, 12, 4)
+    tiles = plan_tiles(37, 53, 16, 16, 4)
     assert len(tiles) == 3 * 5                              # 4 batches of 4: the last one short
     reports, calls = [], []
 

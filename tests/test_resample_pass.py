@@ -129,6 +129,6 @@ def test_forge_wrapper_tiles_and_chains_to_another_extensions_wrapper():
     expected = fused_denoiser(lambda a, b, c: unet_denoiser(unet)(a, b, {"c_crossattn": [c["c_crossattn"]]}),
                               16, 16, 4, "gaussian", align=8)(x, t, cond)
     torch.testing.assert_close(out, expected)
-    assert len(seen) == 2 * 3 and all(s[-2:] == (24, 24) for s in seen)   # theirs ran on each tile
+    assert len(seen) == 3 * 4 and all(s[-2:] == (16, 16) for s in seen)   # theirs ran on each tile
     again = chained_function_wrapper(ours, wrap)               # Forge calls the hook twice
     assert again.__tilesampler_previous__ is theirs

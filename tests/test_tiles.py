@@ -26,8 +26,8 @@ def test_plan_covers_every_cell_with_equal_tiles_inside_the_latent(height, width
     assert (coverage(tiles, height, width) >= 1).all()
     assert len({t.size for t in tiles}) == 1
     th, tw = tiles[0].size
-    assert th == height or (th % align == 0 and th < tile_h + overlap + align)
-    assert tw == width or (tw % align == 0 and tw < tile_w + overlap + align)
+    assert th == height or (th <= tile_h and (th % align == 0 or th == tile_h))
+    assert tw == width or (tw <= tile_w and (tw % align == 0 or tw == tile_w))
     assert all(t.y >= 0 and t.x >= 0 and t.y + t.h <= height and t.x + t.w <= width for t in tiles)
     assert len(set(tiles)) == len(tiles)
 
@@ -42,24 +42,26 @@ def test_origins_start_at_zero_end_flush_and_overlap_at_least_as_asked(size, til
     assert all(b - a <= side - overlap for a, b in zip(origins, origins[1:]))   # real overlap >= asked
     if len(origins) > 1:
         n = len(origins)
-        assert n <= math.ceil(size / tile)                  # the tile size sets the count
-        assert (n - 1) * side - (n - 2) * overlap < size   # and no fewer tiles of that side span
-        assert side % align == 0 and side < tile + overlap + align
+        assert n == math.ceil((size - overlap) / (tile - overlap))   # as few as tiles <= tile allow
+        assert side <= tile and (side % align == 0 or side == tile)
+        assert n * (side - align) - (n - 1) * overlap < size         # no wider than needed
         steps = [b - a for a, b in zip(origins, origins[1:])]
         assert max(steps) - min(steps) <= 1                                      # spread evenly
     else:
         assert side == size
 
 
-def test_the_overlap_widens_the_tiles_instead_of_adding_tiles():
-    # 2048 px from 1024 px tiles with 128 px of overlap, in latent cells: 2 x 2 tiles of 136
+def test_tiles_shrink_to_the_least_side_that_keeps_the_overlap():
+    # 2048 px from 1024 px tiles with 128 px of overlap, in latent cells: 3 x 3 tiles of 96
     tiles = plan_tiles(256, 256, 128, 128, 16, 8)
-    assert tiles == [Tile(0, 0, 136, 136), Tile(0, 120, 136, 136),
-                     Tile(120, 0, 136, 136), Tile(120, 120, 136, 136)]
-    assert plan_work(tiles) == pytest.approx((272 / 256) ** 2)    # 1.13, not the 2.25 of 3 x 3
+    assert {t.size for t in tiles} == {(96, 96)} and len(tiles) == 9
+    assert sorted({t.x for t in tiles}) == [0, 80, 160]                # overlaps of 16
+    assert plan_work(tiles) == pytest.approx((288 / 256) ** 2)        # 1.27, not 2.25
     assert plan_work(plan_tiles(256, 256, 256, 256, 16, 8)) == 1.0
     # 1024 x 768 px from a 512 px tile with 64 px of overlap: sides rounded up to 8 cells
-    assert {t.size for t in plan_tiles(96, 128, 64, 64, 8, 8)} == {(56, 72)}
+    assert {t.size for t in plan_tiles(96, 128, 64, 64, 8, 8)} == {(56, 48)}
+    # a tile side that is not a multiple of the alignment stays the cap
+    assert {t.size for t in plan_tiles(40, 40, 12, 12, 2, 8)} == {(12, 12)}
 
 
 def test_overlap_not_smaller_than_the_tile_is_refused():
@@ -71,7 +73,7 @@ def test_overlap_not_smaller_than_the_tile_is_refused():
 
 def test_latent_smaller_than_the_tile_is_one_tile_of_its_size():
     assert plan_tiles(37, 53, 64, 64, 8) == [Tile(0, 0, 37, 53)]
-    assert {t.size for t in plan_tiles(10, 53, 16, 16, 4)} == {(10, 17)}   # 4 tiles along x
+    assert {t.size for t in plan_tiles(10, 53, 16, 16, 4)} == {(10, 14)}   # 5 tiles along x
 
 
 @pytest.mark.parametrize("kind", BLEND_KINDS)
