@@ -497,7 +497,10 @@ def measure_memory(args: argparse.Namespace) -> list[MemoryRow]:
             if rep == 0:
                 cmd.append("--memory-profile")
             log(f"memory: {size}px, fresh process {rep + 1}/{args.memory_repeats} ({args.memory_model})")
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            env = dict(os.environ)
+            if args.malloc_mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory child for {size}px failed:\n{proc.stderr[-3000:]}")
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith(MEMORY_MARK)][-1]
@@ -616,6 +619,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="image sides (px) of the memory table; the first is the reference")
     p.add_argument("--memory-model", choices=sorted(MODELS), default="sd1-64")
     p.add_argument("--memory-repeats", type=int, default=2, help="fresh processes per memory size")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=1 << 20,
+                   help="bytes; glibc's MALLOC_MMAP_THRESHOLD_ for the memory processes, so that "
+                        "blocks this large are mapped and unmapped on their own and RSS follows the "
+                        "live memory, as a GPU allocator's peak would (0: glibc's default, dynamic)")
     p.add_argument("--memory-profile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seam-model", choices=sorted(MODELS), default="sd1-64")
     p.add_argument("--seam-latent", type=int, nargs=2, default=[96, 128], metavar=("H", "W"),
@@ -719,8 +726,15 @@ def main(argv: Optional[list[str]] = None) -> None:
                       f"overlap {args.overlap} px, `{args.memory_model}` U-Net, {args.memory_repeats} fresh "
                       f"process(es) per size. Peak RSS by {mem[0].runs[0]['method']}; 'RSS before' is taken "
                       "after the model is built and the inputs allocated, just before `run_resample` (the "
-                      "model build's own peak is not counted). RSS depends on the allocator's state (glibc "
-                      "keeps and reuses freed blocks), so it varies between processes; the 'live tensors' "
+                      "model build's own peak is not counted). "
+                      + (f"The memory processes run with `MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}`: "
+                         "glibc maps every block of that size or more on its own and unmaps it when freed, so "
+                         "the peak RSS follows the live memory (with glibc's default, dynamic threshold, freed "
+                         "blocks stay in the heap and the peak varies between processes by up to ~30%). "
+                         if args.malloc_mmap_threshold else
+                         "RSS depends on the allocator's state (glibc keeps and reuses freed blocks), so it "
+                         "varies between processes. ")
+                      + "The 'live tensors' "
                       "column is exact: in the first process the same resample is run once more under "
                       "`torch.profiler` (`profile_memory=True`) and the peak of the running sum of its "
                       "tensor allocations and frees is taken. The first row's image is one tile: its call "
