@@ -41,4 +41,8 @@ def add_axes() -> None:
     xyz.axis_options.extend(_axis(xyz, f) for f in P.FIELDS if f.xyz)
 
 
+# Now, when the WebUI's own scripts (xyz_grid.py among them) are already loaded: Forge's
+# API-only mode builds the scripts' UI, and so the X/Y/Z plot's axis list, before it runs
+# the before-UI callbacks. Again before the UI, for a host that loaded us first.
+add_axes()
 script_callbacks.on_before_ui(add_axes)
