@@ -71,6 +71,28 @@ def test_named_and_positional_args_give_the_same_image(webui):
     assert a.digest() == b.digest()
 
 
+def test_infotext_restores_the_resample_settings(webui):
+    """The API's `infotext` field goes through the paste fields of 'Read generation
+    parameters': non-default resample options come back and give the same image."""
+    named = dict(RESAMPLE, resample_mode="moving", resample_tile_size=384, resample_overlap=32,
+                 resample_denoise=0.4, resample_seed=4321)
+    first = webui.call("/sdapi/v1/txt2img", payload(named, width=768, height=512))
+    assert first.status == 200, first.body
+    keys = ("Resample: True", "Resample mode: moving", "Resample tile size: 384",
+            "Resample overlap: 32", "Resample denoise: 0.4", "Resample seed: 4321")
+    assert all(k in first.infotext for k in keys), first.infotext
+    again = webui.call("/sdapi/v1/txt2img", {"infotext": first.infotext, "sampler_name": "Euler"})
+    if again.status == 500 and "KeyError" in str(again.body):
+        pytest.skip("this server runs --nowebui: the WebUI registers paste fields only when it "
+                    "builds the UI, so its API cannot apply an infotext; start it with the UI")
+    if again.status == 500 and "parameterized generic" in str(again.body):
+        pytest.skip("this WebUI's API cannot apply an infotext at all (Forge 2: TypeError "
+                    "'isinstance() argument 2 cannot be a parameterized generic' in apply_infotext)")
+    assert again.status == 200, again.body
+    assert all(k in again.infotext for k in keys), again.infotext
+    assert again.digest() == first.digest()
+
+
 def test_img2img_with_a_mask(webui, plain):
     import base64
     import io
