@@ -69,9 +69,10 @@
         const span = (size) => {
             if (size <= tile) return [1, size];
             if (moving) return [Math.ceil(size / tile), tile];
-            const n = Math.ceil((size - overlap) / (tile - overlap));
+            const cap = tile - tile % 64 > overlap ? tile - tile % 64 : tile;
+            const n = Math.ceil((size - overlap) / (cap - overlap));
             const aligned = Math.ceil(Math.ceil((size + (n - 1) * overlap) / n) / 64) * 64;
-            return [n, aligned <= tile ? aligned : tile];
+            return [n, aligned <= cap ? aligned : cap];
         };
         const [ny, th] = span(height), [nx, tw] = span(width);
         const work = moving ? 1 : (ny * nx * th * tw) / (width * height);

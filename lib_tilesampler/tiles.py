@@ -49,7 +49,8 @@ def axis_span(size: int, tile: int, overlap: int, align: int = 1) -> tuple[int, 
     work, larger than asked), the tiles shrink to the least side that still spans the axis,
     ``s = ceil((size + (n - 1) overlap) / n)``, rounded up to a multiple of ``align`` (the
     U-Net's total downsampling, so that a tile passes it without padding) when that stays
-    within ``tile``. The work per step along the axis is then ``n s / size``: for 2048 px
+    within ``tile`` (a ``tile`` that is not a multiple of ``align`` counts as the multiple
+    below it, when that is still larger than the overlap). The work per step along the axis is then ``n s / size``: for 2048 px
     from 1024 px tiles with 128 px of overlap, 3 tiles of 768 px (1.125, so 1.27 in 2-D),
     where 3 tiles of 1024 px would be 1.5 (2.25 in 2-D).
 
@@ -59,10 +60,13 @@ def axis_span(size: int, tile: int, overlap: int, align: int = 1) -> tuple[int, 
     """
     if size <= tile:
         return size, [0]
-    n = -(-(size - overlap) // (tile - overlap))
+    cap = tile - tile % align
+    if cap <= overlap:
+        cap = tile          # no aligned side above the overlap fits: keep the tile as given
+    n = -(-(size - overlap) // (cap - overlap))
     least = -(-(size + (n - 1) * overlap) // n)
     aligned = -(-least // align) * align
-    side = aligned if aligned <= tile else tile
+    side = aligned if aligned <= cap else cap
     span = size - side
     return side, [(2 * i * span + n - 1) // (2 * (n - 1)) for i in range(n)]
 

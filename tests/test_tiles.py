@@ -26,8 +26,8 @@ def test_plan_covers_every_cell_with_equal_tiles_inside_the_latent(height, width
     assert (coverage(tiles, height, width) >= 1).all()
     assert len({t.size for t in tiles}) == 1
     th, tw = tiles[0].size
-    assert th == height or (th <= tile_h and (th % align == 0 or th == tile_h))
-    assert tw == width or (tw <= tile_w and (tw % align == 0 or tw == tile_w))
+    assert th == height or (th <= tile_h and (th % align == 0 or th == tile_h <= overlap + align))
+    assert tw == width or (tw <= tile_w and (tw % align == 0 or tw == tile_w <= overlap + align))
     assert all(t.y >= 0 and t.x >= 0 and t.y + t.h <= height and t.x + t.w <= width for t in tiles)
     assert len(set(tiles)) == len(tiles)
 
@@ -42,8 +42,9 @@ def test_origins_start_at_zero_end_flush_and_overlap_at_least_as_asked(size, til
     assert all(b - a <= side - overlap for a, b in zip(origins, origins[1:]))   # real overlap >= asked
     if len(origins) > 1:
         n = len(origins)
-        assert n == math.ceil((size - overlap) / (tile - overlap))   # as few as tiles <= tile allow
-        assert side <= tile and (side % align == 0 or side == tile)
+        cap = tile - tile % align if tile - tile % align > overlap else tile
+        assert n == math.ceil((size - overlap) / (cap - overlap))    # as few as tiles <= cap allow
+        assert side <= cap and (side % align == 0 or side == tile)
         assert n * (side - align) - (n - 1) * overlap < size         # no wider than needed
         steps = [b - a for a, b in zip(origins, origins[1:])]
         assert max(steps) - min(steps) <= 1                                      # spread evenly
@@ -60,8 +61,11 @@ def test_tiles_shrink_to_the_least_side_that_keeps_the_overlap():
     assert plan_work(plan_tiles(256, 256, 256, 256, 16, 8)) == 1.0
     # 1024 x 768 px from a 512 px tile with 64 px of overlap: sides rounded up to 8 cells
     assert {t.size for t in plan_tiles(96, 128, 64, 64, 8, 8)} == {(56, 48)}
-    # a tile side that is not a multiple of the alignment stays the cap
-    assert {t.size for t in plan_tiles(40, 40, 12, 12, 2, 8)} == {(12, 12)}
+    # a tile that is not a multiple of the alignment counts as the multiple below it ...
+    assert {t.size for t in plan_tiles(40, 40, 12, 12, 2, 8)} == {(8, 8)}
+    assert {t.size for t in plan_tiles(256, 256, 125, 125, 16, 8)} == {(96, 96)}   # 1000 px
+    # ... unless that is not larger than the overlap
+    assert {t.size for t in plan_tiles(40, 40, 12, 12, 9, 8)} == {(12, 12)}
 
 
 def test_overlap_not_smaller_than_the_tile_is_refused():
