@@ -5,7 +5,7 @@ What is measured
 The resample job of ``lib_tilesampler.resample_pass`` (``TilePlan``, ``make_wrap``,
 ``run_resample``) with the options' defaults (1024 px tiles, 128 px overlap, tile batch 1,
 Gaussian weights in fused mode; moving mode has no overlap), driven by a k-diffusion Euler
-sampler (the ``euler`` of ``tests/test_resample_pass.py``, img2img style) over an
+sampler (``euler`` of ``tests/denoisers.py``, img2img style) over an
 A1111-style denoiser: an eps-prediction ``ldm`` U-Net behind ``CompVisDenoiser``'s maths
 (``x0 = x - sigma * eps(x / sqrt(sigma^2 + 1), t(sigma))``, SD1's scaled-linear schedule
 for ``t``), which is what the tiling wrapper wraps in A1111. Every denoiser call carries
@@ -54,7 +54,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning. On a machine shared
 # with other jobs, spinning threads of an oversubscribed pool made U-Net calls ~10x slower.
@@ -73,6 +73,10 @@ from lib_tilesampler.resample_pass import LATENT_FACTOR, TilePlan, run_resample 
 from lib_tilesampler.tiled_denoise import seam_offset  # noqa: E402
 from lib_tilesampler.tiles import seam_score, shifted_grid  # noqa: E402
 from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' Euler and ldm weight fix-up
+from denoisers import euler  # noqa: E402
+from unets import no_zero_layers  # noqa: E402
 
 RESULTS_HEADING = "## Latent-tile resample: U-Net work, time per work, memory, seams (CPU)"
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -123,12 +127,7 @@ def build_unet(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
                      channel_mult=list(cfg.mult), num_head_channels=cfg.head_channels,
                      use_spatial_transformer=True, transformer_depth=1,
                      context_dim=cfg.context_dim, legacy=False)
-    g = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for param in unet.parameters():
-            if not param.any():
-                param.copy_(torch.randn(param.shape, generator=g) * 0.05)
-    return unet.eval()
+    return no_zero_layers(unet, seed)
 
 
 # --------------------------------------------------------------------------- attention
@@ -212,18 +211,6 @@ class UNetDenoiser:
 
     def cells(self) -> int:
         return sum(c.rows * c.h * c.w for c in self.calls)
-
-
-def euler(denoiser: Callable, x: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
-          cond: Any) -> torch.Tensor:
-    """k-diffusion's Euler (Karras et al. 2022, alg. 2 without churn), img2img style: the
-    same sampler as ``euler`` in tests/test_resample_pass.py."""
-    x = x + noise * sigmas[0]
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        t = torch.full((x.shape[0],), float(s))
-        d = (x - denoiser(x, t, cond)) / s
-        x = x + d * (s_next - s)
-    return x
 
 
 def step_sigmas(steps: int) -> torch.Tensor:

@@ -70,3 +70,14 @@ def inpaint_denoiser(unet: torch.nn.Module):
         with torch.no_grad():
             return unet(torch.cat([x, cond["c_concat"][0]], dim=1), t, context=cond["c_crossattn"][0])
     return denoise
+
+
+def euler(denoiser, x: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, cond) -> torch.Tensor:
+    """k-diffusion's Euler (Karras et al. 2022, alg. 2 without churn), img2img style: the
+    noise scaled by the first sigma is added, then one denoiser call per step."""
+    x = x + noise * sigmas[0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        t = torch.full((x.shape[0],), float(s))
+        d = (x - denoiser(x, t, cond)) / s
+        x = x + d * (s_next - s)
+    return x

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lib_tilesampler.hypertile import HyperTileConfig, HyperTilePlanner, Windows
+from lib_tilesampler.hypertile import HyperTileConfig, HyperTilePlanner
 from lib_tilesampler.hypertile_install import install_on_modules, make_attn1_patches
 
 

@@ -2,7 +2,7 @@
 Forge function-wrapper chain, with a simple Euler sampler standing where the host's is."""
 import torch
 
-from denoisers import ROWS, pixel_denoiser, row_t, sd1_cond, unet_denoiser
+from denoisers import ROWS, euler, pixel_denoiser, row_t, sd1_cond, unet_denoiser
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts.forge import chained_function_wrapper
 from lib_tilesampler.hosts.webui_common import TileRowsRNG, _repeat_conds, overridden
@@ -14,16 +14,6 @@ from unets import sd1_unet
 def values(**kw):
     return {**P.defaults(), "enabled": True, "resample": True, "resample_tile_size": 128,
             "resample_overlap": 32, **{f"resample_{k}": v for k, v in kw.items()}}
-
-
-def euler(denoiser, x, noise, sigmas, cond):
-    """k-diffusion's Euler (Karras et al. 2022, alg. 2 without churn), img2img style."""
-    x = x + noise * sigmas[0]
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        t = torch.full((x.shape[0],), float(s))
-        d = (x - denoiser(x, t, cond)) / s
-        x = x + d * (s_next - s)
-    return x
 
 
 def host_callables(denoiser, cond, latent_hw):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 
-def _no_zero_layers(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+def no_zero_layers(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """ldm zero-initialises output convolutions (training-time trick), which would make
     every output 0 and every comparison trivially equal: give them random weights."""
     g = torch.Generator().manual_seed(seed + 1000)
@@ -24,7 +24,7 @@ def sd1_unet(seed: int = 0, channels: int = 32, context_dim: int = 32) -> torch.
     """SD1.x layout: attention at ds 1, 2, 4 (levels 0..2) and the middle block (level 3)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(seed)
-    return _no_zero_layers(UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=channels,
+    return no_zero_layers(UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=channels,
                      attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=[1, 2, 2, 2],
                      num_heads=2, use_spatial_transformer=True, transformer_depth=1,
                      context_dim=context_dim, legacy=False), seed)
@@ -34,7 +34,7 @@ def sd2_unet(seed: int = 0, channels: int = 32, context_dim: int = 48) -> torch.
     """SD2.x layout: head channels fixed, linear projections in the transformers."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(seed)
-    return _no_zero_layers(UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=channels,
+    return no_zero_layers(UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=channels,
                      attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=[1, 2, 2, 2],
                      num_head_channels=16, use_spatial_transformer=True, use_linear_in_transformer=True,
                      transformer_depth=1, context_dim=context_dim, legacy=False), seed)
@@ -44,7 +44,7 @@ def sd1_inpaint_unet(seed: int = 0) -> torch.nn.Module:
     """SD1.x inpainting shape: 9 input channels (latent + mask + masked-image latent)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(seed)
-    return _no_zero_layers(UNetModel(image_size=32, in_channels=9, out_channels=4, model_channels=32,
+    return no_zero_layers(UNetModel(image_size=32, in_channels=9, out_channels=4, model_channels=32,
                      attention_resolutions=[2, 1], num_res_blocks=1, channel_mult=[1, 2],
                      num_heads=2, use_spatial_transformer=True, transformer_depth=1,
                      context_dim=32, legacy=False), seed)
@@ -66,7 +66,7 @@ def sdxl_unet(seed: int = 0, refiner: bool = False) -> torch.nn.Module:
                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                       transformer_layers_per_block=(1, 2, 3))
-    return _no_zero_layers(UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+    return no_zero_layers(UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
                                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
                                 addition_embed_type="text_time", addition_time_embed_dim=8,
                                 projection_class_embeddings_input_dim=32 + 6 * 8, **blocks), seed)
