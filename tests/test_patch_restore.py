@@ -202,3 +202,16 @@ def test_resample_interception_of_the_sampler_is_undone():
     host.restore()
     assert "sample" not in sampler.__dict__ and "sample_img2img" not in sampler.__dict__
     assert torch.equal(sampler.sample(None, torch.zeros(1), "c", "uc"), torch.ones(1))
+
+    class Interrupted(BaseException):   # an interrupt is not an Exception
+        pass
+
+    def interrupted(samples, call):
+        raise Interrupted()
+
+    host.track(host.after_sampling(sampler, interrupted))
+    with pytest.raises(Interrupted):
+        sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc")
+    host.restore()
+    assert "sample" not in sampler.__dict__ and "sample_img2img" not in sampler.__dict__
+    assert torch.equal(sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc"), torch.full((1,), 2.0))
