@@ -9,7 +9,7 @@ batch of 2 latents (cond + uncond of CFG) with a 77-token context, for these set
 
 * ``off``        -- plain U-Net;
 * ``on d0``      -- HyperTile (tile 256, swap 2, max depth 0) installed with
-                    ``lib_tilesampler.hypertile_install.install_on_modules``;
+                    ``lib_tilesampler.hypertile.install.install_on_modules``;
 * ``on d<=1``    -- the same with max depth 1;
 * ``floor d0``   -- every ``attn1`` call that HyperTile would tile returns zeros instead
                     (installed with the same ``PatchSet.wrap_forward`` mechanism): the time
@@ -53,8 +53,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from lib_tilesampler.hypertile import LATENT_FACTOR, HyperTileConfig, HyperTilePlanner  # noqa: E402
-from lib_tilesampler.hypertile_install import install_on_modules, self_attention_modules  # noqa: E402
+from lib_tilesampler.hypertile.geometry import LATENT_FACTOR, HyperTileConfig, HyperTilePlanner  # noqa: E402
+from lib_tilesampler.hypertile.install import install_on_modules, self_attention_modules  # noqa: E402
 from lib_tilesampler.module_patch import PatchSet, first_tensor_arg  # noqa: E402
 from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-The resample job of ``lib_tilesampler.resample_pass`` (``TilePlan``, ``make_wrap``,
+The resample job of ``lib_tilesampler.tiling.passes`` (``TilePlan``, ``make_wrap``,
 ``run_resample``) with the options' defaults (1024 px tiles, 128 px overlap, tile batch 1,
 Gaussian weights in fused mode; moving mode has no overlap), driven by a k-diffusion Euler
 sampler (``euler`` of ``tests/denoisers.py``, img2img style) over an
@@ -68,10 +68,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from lib_tilesampler import params as P  # noqa: E402
-from lib_tilesampler.cond_crop import crop_cond  # noqa: E402
-from lib_tilesampler.resample_pass import LATENT_FACTOR, TilePlan, run_resample  # noqa: E402
-from lib_tilesampler.tiled_denoise import seam_offset  # noqa: E402
-from lib_tilesampler.tiles import seam_score, shifted_grid  # noqa: E402
+from lib_tilesampler.tiling.conditioning import crop_cond  # noqa: E402
+from lib_tilesampler.tiling.passes import LATENT_FACTOR, TilePlan, run_resample  # noqa: E402
+from lib_tilesampler.tiling.denoisers import seam_offset  # noqa: E402
+from lib_tilesampler.tiling.plan import seam_score, shifted_grid  # noqa: E402
 from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' Euler and ldm weight fix-up

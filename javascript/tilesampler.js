@@ -1,6 +1,6 @@
 // Tile Sampler: live previews of the HyperTile windows and of the resample tile grid for the
 // current image size, so the cost is visible before generating. Mirrors
-// lib_tilesampler/hypertile.py (window_count_options) and lib_tilesampler/tiles.py (plan_tiles).
+// lib_tilesampler/hypertile/geometry.py (window_count_options) and lib_tilesampler/tiling/plan.py (plan_tiles).
 (function () {
     "use strict";
 
@@ -52,7 +52,7 @@
     }
 
     // Latent-tile resample: tile grid and U-Net work per step (sum of tile areas / image area),
-    // as lib_tilesampler/tiles.py plans it (tiles spread evenly, last one flush with the edge).
+    // as lib_tilesampler/tiling/plan.py plans it (tiles spread evenly, last one flush with the edge).
     function describeResample(tab) {
         const id = (key) => "script_" + tab + "_tile_sampler_" + key;
         let width = numberOf(tab + "_width"), height = numberOf(tab + "_height");
@@ -64,7 +64,7 @@
         if (![width, height, tile, overlap].every(Number.isFinite)) return "";
         if (tile >= width && tile >= height) return "tile not smaller than the image (" + width + "\u00d7" + height + "): nothing to tile";
         const moving = dropdownValue(id("resample_mode")) === "moving";
-        // as lib_tilesampler.tiles.axis_span: as few tiles of at most `tile` px as keep the
+        // as lib_tilesampler.tiling.plan.axis_span: as few tiles of at most `tile` px as keep the
         // overlap, shrunk to the least side that does (rounded up to 64 px within the tile)
         const span = (size) => {
             if (size <= tile) return [1, size];

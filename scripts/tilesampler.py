@@ -13,9 +13,9 @@ from modules.ui_components import InputAccordion
 
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
-from lib_tilesampler.hypertile import HyperTileConfig
+from lib_tilesampler.hypertile.geometry import HyperTileConfig
 from lib_tilesampler.lifecycle import restore_on_close
-from lib_tilesampler.resample_pass import TilePlan, make_wrap
+from lib_tilesampler.tiling.passes import TilePlan, make_wrap
 
 STATE_ATTR = "_tilesampler_values"
 LOG_PREFIX = "[Tile Sampler]"

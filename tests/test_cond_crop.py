@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from denoisers import ROWS, sd1_cond
-from lib_tilesampler.cond_crop import crop_cond, roll_cond, stack_tiles, unstack_tiles
-from lib_tilesampler.tiles import Tile, plan_tiles
+from lib_tilesampler.tiling.conditioning import crop_cond, roll_cond, stack_tiles, unstack_tiles
+from lib_tilesampler.tiling.plan import Tile, plan_tiles
 
 HW = (16, 24)
 TILES = [Tile(0, 0, 8, 8), Tile(4, 16, 8, 8), Tile(8, 8, 8, 8)]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lib_tilesampler.hypertile import HyperTileConfig, HyperTilePlanner
-from lib_tilesampler.hypertile_install import install_on_modules, make_attn1_patches
+from lib_tilesampler.hypertile.geometry import HyperTileConfig, HyperTilePlanner
+from lib_tilesampler.hypertile.install import install_on_modules, make_attn1_patches
 
 
 def cross_attention(dim=32, heads=2, seed=0):

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from lib_tilesampler.hypertile import (HyperTileConfig, HyperTilePlanner, Windows, choose_windows,
+from lib_tilesampler.hypertile.geometry import (HyperTileConfig, HyperTilePlanner, Windows, choose_windows,
                                        find_depth, level_grid, merge_tokens, split_tokens,
                                        window_count_options)
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lib_tilesampler.hypertile import HyperTileConfig, HyperTilePlanner, find_depth, level_grid
-from lib_tilesampler.hypertile_install import install_on_modules, self_attention_modules
+from lib_tilesampler.hypertile.geometry import HyperTileConfig, HyperTilePlanner, find_depth, level_grid
+from lib_tilesampler.hypertile.install import install_on_modules, self_attention_modules
 from unets import run_ldm, run_sdxl, sd1_unet, sd2_unet, sdxl_unet
 
 

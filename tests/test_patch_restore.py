@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lib_tilesampler.hosts.forge import drop_our_patches
-from lib_tilesampler.hypertile import HyperTileConfig, HyperTilePlanner
-from lib_tilesampler.hypertile_install import (install_on_modules, make_attn1_patches,
+from lib_tilesampler.hypertile.geometry import HyperTileConfig, HyperTilePlanner
+from lib_tilesampler.hypertile.install import (install_on_modules, make_attn1_patches,
                                                self_attention_modules)
 from lib_tilesampler.lifecycle import restore_on_close
 from lib_tilesampler.module_patch import PatchSet

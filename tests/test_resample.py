@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from denoisers import ConvDenoiser
-from lib_tilesampler.resample import is_identity, resample_independent, start_step, steps_to_run
-from lib_tilesampler.tiled_denoise import TileInterrupted
-from lib_tilesampler.tiles import Tile, blend_weights, plan_tiles, seam_score
+from lib_tilesampler.tiling.independent import is_identity, resample_independent, start_step, steps_to_run
+from lib_tilesampler.tiling.denoisers import TileInterrupted
+from lib_tilesampler.tiling.plan import Tile, blend_weights, plan_tiles, seam_score
 from test_tiles import smooth_field
 
 

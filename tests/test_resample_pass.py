@@ -6,8 +6,8 @@ from denoisers import ROWS, euler, pixel_denoiser, row_t, sd1_cond, unet_denoise
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts.forge import chained_function_wrapper
 from lib_tilesampler.hosts.webui_common import TileRowsRNG, _repeat_conds, overridden
-from lib_tilesampler.resample_pass import TilePlan, make_wrap, run_resample, seeded_noise
-from lib_tilesampler.tiled_denoise import fused_denoiser
+from lib_tilesampler.tiling.passes import TilePlan, make_wrap, run_resample, seeded_noise
+from lib_tilesampler.tiling.denoisers import fused_denoiser
 from unets import sd1_unet
 
 
@@ -18,7 +18,7 @@ def values(**kw):
 
 def host_callables(denoiser, cond, latent_hw):
     sigmas = torch.tensor([2.0, 1.0, 0.5, 0.0])
-    from lib_tilesampler.cond_crop import crop_cond
+    from lib_tilesampler.tiling.conditioning import crop_cond
 
     def sample_whole(latent, noise, wrap):
         return euler(wrap(denoiser), latent, noise, sigmas, cond)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from denoisers import ROWS, ConvDenoiser, pixel_denoiser, row_t, sd1_cond
-from lib_tilesampler.tiled_denoise import (TileInterrupted, fuse_tiles, fused_denoiser,
+from lib_tilesampler.tiling.denoisers import (TileInterrupted, fuse_tiles, fused_denoiser,
                                            moving_seam_denoiser, seam_offset, step_key)
-from lib_tilesampler.tiles import plan_tiles, shifted_grid
+from lib_tilesampler.tiling.plan import plan_tiles, shifted_grid
 
 WRAPPERS = {
     "fused-uniform": lambda d, th, tw, **kw: fused_denoiser(d, th, tw, 4, "uniform", **kw),

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from denoisers import ROWS, inpaint_denoiser, row_t, sd1_cond, unet_denoiser
-from lib_tilesampler.cond_crop import crop_cond
-from lib_tilesampler.resample import resample_independent, start_step
-from lib_tilesampler.tiled_denoise import fused_denoiser, moving_seam_denoiser
-from lib_tilesampler.tiles import plan_tiles
+from lib_tilesampler.tiling.conditioning import crop_cond
+from lib_tilesampler.tiling.independent import resample_independent, start_step
+from lib_tilesampler.tiling.denoisers import fused_denoiser, moving_seam_denoiser
+from lib_tilesampler.tiling.plan import plan_tiles
 from unets import sd1_inpaint_unet, sd1_unet, sdxl_unet
 
 HW = (16, 24)      # 128 x 192 px; tiles of 16 x 16 cells, all sides multiples of 8 cells

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lib_tilesampler.tiles import (BLEND_KINDS, Tile, axis_span, batch_tiles, blend_weights,
+from lib_tilesampler.tiling.plan import (BLEND_KINDS, Tile, axis_span, batch_tiles, blend_weights,
                                    plan_tiles, plan_work, seam_score, shifted_grid, weight_sum)
 
 SIZES = [(37, 53), (24, 72), (72, 24), (64, 64), (5, 100), (9, 9)]

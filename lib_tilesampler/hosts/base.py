@@ -7,9 +7,9 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 
-from ..hypertile import HyperTileConfig, HyperTilePlanner
+from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from ..module_patch import PatchSet
-from ..resample_pass import TilePlan, Wrap
+from ..tiling.passes import TilePlan, Wrap
 
 
 class Host(Protocol):

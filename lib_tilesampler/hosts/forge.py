@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ..hypertile import HyperTileConfig, HyperTilePlanner
-from ..hypertile_install import install_on_modules, make_attn1_patches
+from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
+from ..hypertile.install import install_on_modules, make_attn1_patches
 from ..module_patch import PatchSet
-from ..resample_pass import Wrap
+from ..tiling.passes import Wrap
 from .webui_common import WebUIFamilyHost
 
 _PATCH_KEYS = ("attn1_patch", "attn1_output_patch")

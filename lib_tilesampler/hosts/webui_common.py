@@ -10,12 +10,12 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from ..cond_crop import crop_cond, stack_tiles
+from ..tiling.conditioning import crop_cond, stack_tiles
 from ..module_patch import PatchSet
 from ..params import SAME, group_enabled
-from ..resample_pass import TilePlan, Wrap, run_resample
-from ..tiled_denoise import Denoiser, TileInterrupted
-from ..tiles import Tile
+from ..tiling.passes import TilePlan, Wrap, run_resample
+from ..tiling.denoisers import Denoiser, TileInterrupted
+from ..tiling.plan import Tile
 
 STATE_TEXT = "Tile Sampler"
 

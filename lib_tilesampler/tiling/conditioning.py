@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from einops import rearrange, repeat
 
-from .tiles import Tile
+from .plan import Tile
 
 
 def walk(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .hypertile import (HyperTileConfig, HyperTilePlanner, Windows, merge_image, merge_tokens,
+from .geometry import (HyperTileConfig, HyperTilePlanner, Windows, merge_image, merge_tokens,
                         split_image, split_tokens, vae_windows)
-from .module_patch import PatchSet, first_tensor_arg, replace_first_arg
+from ..module_patch import PatchSet, first_tensor_arg, replace_first_arg
 
 _X_NAMES = ("x", "hidden_states")
 _LATENT_NAMES = ("x", "sample")

@@ -4,7 +4,7 @@ that runs it tile by tile, so every sampler of the host (k-diffusion or timestep
 A ``Denoiser`` is ``denoiser(x, t, cond) -> out``: ``x`` is (rows, C, H, W) latent rows
 (cond and uncond rows, AND prompts and batch images alike), ``t`` is the (rows,) sigma or
 timestep of each row, ``cond`` a nested structure of tensors and other values (see
-``cond_crop``), and ``out`` has the shape of ``x`` (denoised x0 or eps: the blends are
+``conditioning``), and ``out`` has the shape of ``x`` (denoised x0 or eps: the blends are
 linear, so both work). When the latent fits in one tile the wrapped denoiser is called
 once with the untouched arguments, so the result is exactly the untiled one.
 
@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .cond_crop import crop_cond, repeat_rows, roll_cond, stack_tiles, unstack_tiles
-from .tiles import BLEND_KINDS, Tile, batch_tiles, blend_weights, plan_tiles, shifted_grid
+from .conditioning import crop_cond, repeat_rows, roll_cond, stack_tiles, unstack_tiles
+from .plan import BLEND_KINDS, Tile, batch_tiles, blend_weights, plan_tiles, shifted_grid
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 OnTile = Callable[[int, int], None]

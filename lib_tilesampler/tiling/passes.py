@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from .resample import is_identity, resample_independent
-from .tiled_denoise import (Denoiser, OnTile, ShouldStop, fused_denoiser, moving_seam_denoiser)
-from .tiles import Tile, blend_weights, plan_tiles
+from .independent import is_identity, resample_independent
+from .denoisers import (Denoiser, OnTile, ShouldStop, fused_denoiser, moving_seam_denoiser)
+from .plan import Tile, blend_weights, plan_tiles
 
 LATENT_FACTOR = 8   # image pixels per latent cell
 LATENT_ALIGN = 8    # tile sides in multiples of the U-Net's total downsampling (3 halvings)

@@ -4,7 +4,7 @@ Each tile of a finished latent is re-denoised on its own from a partial noise le
 whole sampler run (the host's), then the tiles are blended back over their overlaps with
 the ``"smooth"`` weights of ``tiles.blend_weights``. The fused and moving-seam modes need
 no code here: the host samples the whole latent with the wrapped denoiser of
-``tiled_denoise``.
+``denoisers``.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cond_crop import stack_tiles, unstack_tiles
-from .tiled_denoise import OnTile, ShouldStop, accumulation_dtype, check_stop
-from .tiles import Tile, batch_tiles, blend_weights
+from .conditioning import stack_tiles, unstack_tiles
+from .denoisers import OnTile, ShouldStop, accumulation_dtype, check_stop
+from .plan import Tile, batch_tiles, blend_weights
 
 SampleTiles = Callable[[torch.Tensor, torch.Tensor, Sequence[Tile]], torch.Tensor]
 """``sample_tiles(latents, noise, tiles) -> latents``: the host runs its sampler over a
 batch of equal-size tiles (tile-major rows, ``len(tiles) * B``) with the given noise and
-returns the denoised tiles; it crops its own conditioning with ``cond_crop.crop_cond``."""
+returns the denoised tiles; it crops its own conditioning with ``conditioning.crop_cond``."""
 
 
 def start_step(steps: int, denoise: float) -> int:

@@ -1,0 +1,1 @@
+"""HyperTile: window geometry (``geometry``) and how it is installed on modules (``install``)."""
