@@ -222,7 +222,7 @@ def step_sigmas(steps: int) -> torch.Tensor:
 def make_plan(mode: str, tile_px: int, overlap_px: int, batch: int = 1) -> TilePlan:
     values = {**P.defaults(), "resample": True, "resample_mode": mode,
               "resample_tile_size": tile_px, "resample_overlap": overlap_px, "resample_batch": batch}
-    return TilePlan.from_values(values, steps=30, seed=SEED)
+    return TilePlan.from_values(values, steps=30, salt=SEED)
 
 
 def smooth_latent(height: int, width: int, seed: int = SEED) -> torch.Tensor:

@@ -14,10 +14,10 @@ from modules.ui_components import InputAccordion
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.hypertile.geometry import HyperTileConfig
-from lib_tilesampler.lifecycle import restore_on_close
+from lib_tilesampler.job import JOBS, Job
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap
 
-STATE_ATTR = "_tilesampler_values"
+JOB_ATTR = "_tilesampler_job"
 LOG_PREFIX = "[Tile Sampler]"
 
 HYPERTILE_LAYOUT = (
@@ -58,8 +58,10 @@ def _paste_value(field: P.Field):
     return field.infotext
 
 
-def report(p: Any, message: str) -> None:
-    """Tell the user: console, the UI's comments, and the infotext / API info."""
+def report(p: Any, message: str, job: Optional[Job] = None) -> None:
+    """Tell the user once: console, the UI's comments, and the infotext / API info."""
+    if job is not None and not job.note(message):
+        return
     print(f"{LOG_PREFIX} {message}")
     if hasattr(p, "comment"):
         p.comment(f"Tile Sampler: {message}")
@@ -67,9 +69,15 @@ def report(p: Any, message: str) -> None:
     p.extra_generation_params["Tile Sampler note"] = f"{notes}; {message}" if notes else message
 
 
-def _base_seeds(p: Any) -> list[int]:
+def _image_seeds(p: Any, values: dict) -> list[int]:
+    """The resample seed of each image of the batch being sampled: its own seed, or the
+    resample seed plus its index in the job (as the WebUI counts seeds), so each image
+    is resampled as it is when generated alone."""
     seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0) or 0]
-    return [int(s) for s in seeds]
+    if values["resample_seed"] < 0:
+        return [int(s) for s in seeds]
+    first = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1)
+    return [values["resample_seed"] + first + i for i in range(len(seeds))]
 
 
 def _last_size(p: Any) -> tuple[int, int]:
@@ -77,6 +85,23 @@ def _last_size(p: Any) -> tuple[int, int]:
         return P.final_size(p.width, p.height, True, getattr(p, "hr_scale", 2.0),
                             getattr(p, "hr_resize_x", 0), getattr(p, "hr_resize_y", 0))
     return int(p.width), int(p.height)
+
+
+def _last_steps(p: Any) -> int:
+    if getattr(p, "enable_hr", False):
+        return int(getattr(p, "hr_second_pass_steps", 0) or p.steps)
+    return int(p.steps)
+
+
+class PassState:
+    """What the resample of the batch being sampled uses, read when the pass runs."""
+
+    def __init__(self) -> None:
+        self.plan: Optional[TilePlan] = None
+        self.seeds: list[int] = []
+        self.during: Optional[Any] = None      # the wrap of the current pass, or None
+        self.planners: list = []               # HyperTile planners of the job's passes
+        self.progress_planned = False
 
 
 class TileSamplerScript(scripts.Script):
@@ -109,88 +134,144 @@ class TileSamplerScript(scripts.Script):
     # ------------------------------------------------------------------ job hooks
     def process(self, p: Any, *args: Any) -> None:
         host = get_host()
-        host.restore()  # leftovers of a job that died before its cleanup
+        JOBS.close_stale(host.job_key())   # a generation that ended without telling us
+        values = self._values(p, args)
+        if not P.to_infotext(values):
+            return
+        job = JOBS.open(Job(values, key=host.job_key(), label="Tile Sampler"))
+        job.script = PassState()
+        host.end_with_generation(job)
+        setattr(p, JOB_ATTR, job)
+        p.extra_generation_params.update(P.to_infotext(values))
+        for message in self._other_extensions(p, values):
+            report(p, message, job)
+
+    def _values(self, p: Any, args: tuple) -> dict:
+        """The job's options; a problem turns off the group it concerns (all of them when
+        the arguments cannot be read) and is said in the UI and the infotext."""
+        host = get_host()
         try:
             values = P.override_from(p, P.parse_args(args))
-            error = host.name_error(values) or P.resample_fit_error(values, *_last_size(p))
-            if error:
-                raise P.ParamError(error)
         except P.ParamError as e:
             report(p, f"{e}. The extension is off for this job.")
-            values = P.defaults()
-        setattr(p, STATE_ATTR, values)
-        if P.to_infotext(values):
-            p.extra_generation_params.update(P.to_infotext(values))
-            restore_on_close(p, host.restore)
+            return P.defaults()
+        if P.group_enabled(values, "resample"):
+            try:
+                values = host.resolve_names(values)
+                error = P.resample_fit_error(values, *_last_size(p)) \
+                    or host.settings_error(values, _last_steps(p))
+            except P.ParamError as e:
+                error = str(e)
+            if error:
+                report(p, f"{error}. The latent tile resample is off for this job.")
+                values["resample"] = False
+        for what, group in host.other_tilers(p, values):
+            if group == "resample" and values["resample"]:
+                values["resample"] = False
+                report(p, f"{what} is on in this job and tiles every U-Net call: it runs, and "
+                          "Tile Sampler's latent tile resample is off for this job (two tilings "
+                          "would stack)")
+        return values
+
+    @staticmethod
+    def _other_extensions(p: Any, values: dict) -> list[str]:
+        units = get_host().control_units(p) if P.group_enabled(values, "resample") else 0
+        if not units:
+            return []
+        return [f"{units} ControlNet unit(s) on: their hints are not cropped per tile yet, so "
+                "in the tiled resample each tile gets the whole image's hint (Forge drops it "
+                "where the sizes differ); turn the resample off for ControlNet jobs"]
+
+    @staticmethod
+    def _job(p: Any) -> Optional[Job]:
+        job = getattr(p, JOB_ATTR, None)
+        return job if isinstance(job, Job) and not job.closed else None
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        values = getattr(p, STATE_ATTR, None)
-        if not values:
+        job = self._job(p)
+        if job is None:
             return
-        if P.group_enabled(values, "hypertile"):
-            self._install_hypertile(p, values)
-        if P.group_enabled(values, "resample"):
-            self._install_resample(p, values, kwargs.get("x"))
+        host = get_host()
+        hr = bool(getattr(p, "is_hr_pass", False))
+        job.stage = "hires" if hr else "main"
+        values = job.values
+        sampler = getattr(p, "sampler", None)
+        last_pass = hr or not getattr(p, "enable_hr", False)
+        try:
+            if P.group_enabled(values, "hypertile"):
+                self._install_hypertile(p, job, hr)
+            if P.group_enabled(values, "resample") and sampler is not None:
+                self._prepare_resample(p, job, hr, kwargs.get("x"))
+            if sampler is not None:
+                after = (lambda: self._after(p, job)) if last_pass else (lambda: None)
+                host.watch_sampler(p, job, sampler, after)
+        except Exception as e:  # a model or sampler we cannot patch: say so, sample untiled
+            report(p, f"could not be set up ({type(e).__name__}: {e}); sampling without it.", job)
+            JOBS.close(job)
 
-    def _install_hypertile(self, p: Any, values: dict) -> None:
+    def _install_hypertile(self, p: Any, job: Job, hr: bool) -> None:
+        values = job.values
         config = HyperTileConfig(tile_size=values["hypertile_tile_size"],
                                  swap_size=values["hypertile_swap_size"],
                                  max_depth=values["hypertile_max_depth"],
                                  scale_depth=values["hypertile_scale_depth"])
-        seed = _base_seeds(p)[0] + (7919 if getattr(p, "is_hr_pass", False) else 0)
-        try:
-            get_host().install_hypertile(p, config, seed, vae=values["hypertile_vae"])
-        except Exception as e:  # a model we cannot patch: say so, sample untiled
-            report(p, f"HyperTile could not be installed ({type(e).__name__}: {e}); sampling without it.")
+        planner = get_host().install_hypertile(p, job, config, salt=int(hr), vae=values["hypertile_vae"])
+        job.script.planners.append(planner)
 
-    def _install_resample(self, p: Any, values: dict, x: Any) -> None:
-        host = get_host()
-        sampler = getattr(p, "sampler", None)
-        if sampler is None:
-            return
-        hr = bool(getattr(p, "is_hr_pass", False))
+    def _prepare_resample(self, p: Any, job: Job, hr: bool, x: Any) -> None:
+        host, values, state = get_host(), job.values, job.script
         main_steps = (getattr(p, "hr_second_pass_steps", 0) or p.steps) if hr else p.steps
-        seeds = _base_seeds(p)
-        if values["resample_seed"] >= 0:
-            seeds = [values["resample_seed"] + i for i in range(len(seeds))]
-        plan = TilePlan.from_values(values, values["resample_steps"] or main_steps, seeds[0],
-                                    wrap=bool(getattr(p, "tiling", False)))
-        try:
-            # every call: Forge calls this hook twice around a hires pass and drops the
-            # U-Net patches of the first call; wrapping again replaces, never stacks
-            if values["resample_where"] == "during" and x is not None and plan.exceeds(x.shape):
-                during = plan if plan.mode != "independent" else \
-                    TilePlan(**{**plan.__dict__, "mode": "fused", "weights": "smooth"})
-                host.track(host.wrap_sampling(p, sampler, make_wrap(during, host.show_tiles, host.should_stop)))
-            last_pass = hr or not getattr(p, "enable_hr", False)
-            if last_pass and not getattr(sampler, "_tilesampler_after", False):
-                sampler._tilesampler_after = True
+        state.plan = TilePlan.from_values(values, values["resample_steps"] or main_steps,
+                                          salt=int(hr), wrap=bool(getattr(p, "tiling", False)))
+        state.seeds = _image_seeds(p, values)
+        if not state.progress_planned:       # once per job: the bar's total counts our runs
+            state.progress_planned = True
+            width, height = _last_size(p)
+            runs = host.sampler_runs(state.plan, (height // 8, width // 8))
+            host.add_progress_jobs(runs * int(getattr(p, "n_iter", 1) or 1))
+        state.during = None
+        if values["resample_where"] == "during" and x is not None and state.plan.exceeds(x.shape):
+            plan = state.plan if state.plan.mode != "independent" else \
+                TilePlan(**{**state.plan.__dict__, "mode": "fused", "weights": "smooth"})
+            state.during = make_wrap(plan, host.show_tiles, host.should_stop)
+            host.wrap_sampling(p, job, p.sampler, lambda: state.during)
 
-                def after(samples: Any, call: dict) -> Any:
-                    return host.resample_after(p, samples, call, plan, values, seeds)
-                host.track(host.after_sampling(sampler, after))
-        except Exception as e:
-            report(p, f"latent tile resample could not be set up ({type(e).__name__}: {e}).")
+    def _after(self, p: Any, job: Job) -> Optional[Any]:
+        """The resample pass for the latent the last pass returns, or None."""
+        state = job.script
+        if job.closed or not P.group_enabled(job.values, "resample") or state.plan is None:
+            return None
+        plan, seeds = state.plan, list(state.seeds)
+
+        def after(samples: Any, sampler: Any) -> Any:
+            return get_host().resample_after(p, job, samples, sampler, plan, job.values, seeds)
+        return after
+
+    def post_sample(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        """Before the infotext of the batch is written: say when HyperTile tiled nothing."""
+        job = self._job(p)
+        if job is None or not P.group_enabled(job.values, "hypertile"):
+            return
+        planners = job.script.planners
+        if planners and sum(pl.stats.tiled for pl in planners) == 0:
+            values = job.values
+            report(p, "HyperTile tiled no attention layer: the image is too small for the tile "
+                      f"size {values['hypertile_tile_size']} px at max depth "
+                      f"{values['hypertile_max_depth']} (or the model has no attention there)", job)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-        host = get_host()
-        values = getattr(p, STATE_ATTR, None)
-        planner = host.last_planner()
-        host.restore()
-        if not values or not P.group_enabled(values, "hypertile") or planner is None:
+        job = self._job(p)
+        if job is None:
             return
-        print(f"{LOG_PREFIX} HyperTile: {planner.stats.summary()}")
-        if planner.stats.tiled == 0:
-            note = ("HyperTile tiled no attention layer: the image is too small for the tile "
-                    f"size {values['hypertile_tile_size']} px at max depth "
-                    f"{values['hypertile_max_depth']} (or the model has no attention there).")
-            print(f"{LOG_PREFIX} {note}")
-            processed.comments = (processed.comments or "") + f"Tile Sampler: {note}\n"
-            p.extra_generation_params["Tile Sampler note"] = note
+        for planner in job.script.planners[-2:]:
+            print(f"{LOG_PREFIX} HyperTile: {planner.stats.summary()}")
+        JOBS.close(job)
+        print(f"{LOG_PREFIX} {job.summary()}")
 
 
 def _on_script_unloaded() -> None:
-    get_host().restore()
+    JOBS.close_all()
 
 
+get_host().watch_jobs(JOBS)   # every load of this file: Reload UI clears the host's callbacks
 script_callbacks.on_script_unloaded(_on_script_unloaded, name="tilesampler_restore")

@@ -19,7 +19,7 @@ class Block(torch.nn.Module):
         super().__init__()
         self.attn1 = attn
 
-    def forward(self, latent, tokens):
+    def forward(self, latent, timesteps, tokens):
         return self.attn1(tokens)
 
 
@@ -42,7 +42,7 @@ def run_tiled(attn, x, latent_hw, config, seed=0):
     patches = install_on_modules(block, planner)
     try:
         with torch.no_grad():
-            out = block(torch.zeros(1, 4, *latent_hw), x)
+            out = block(torch.zeros(1, 4, *latent_hw), torch.tensor([500.0]), x)
     finally:
         patches.restore()
     return out, planner
@@ -102,7 +102,7 @@ def test_patcher_style_patches_equal_the_module_wrapper():
     config = HyperTileConfig(tile_size=64, swap_size=2)
     expected, _ = run_tiled(attn, x, (h, w), config, seed=11)
     patch_in, patch_out = make_attn1_patches(HyperTilePlanner(config, 11))
-    extra = {"original_shape": [2, 4, h, w]}
+    extra = {"original_shape": [2, 4, h, w], "sigmas": torch.tensor([500.0, 500.0])}
     n, ctx, value = patch_in(x, x, x, extra)       # Forge passes n as key and value source too
     assert n.shape == ctx.shape == value.shape and n.shape[0] > 2
     with torch.no_grad():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib_tilesampler.hypertile.geometry import (HyperTileConfig, HyperTilePlanner, Windows, choose_windows,
-                                       find_depth, level_grid, merge_tokens, split_tokens,
+                                       find_depth, level_grid, merge_tokens, split_tokens, step_key,
                                        window_count_options)
 
 
@@ -52,13 +52,37 @@ def test_window_count_options_are_the_largest_admissible_counts():
             assert side % n == 0 and side // n >= min(min_window, side)
 
 
-def test_same_seed_gives_same_windows_and_other_seeds_differ():
-    def draws(seed):
-        planner = HyperTilePlanner(HyperTileConfig(tile_size=128, swap_size=3, max_depth=1), seed)
-        planner.observe_latent((1, 4, 96, 128))
-        return [planner.plan(96 * 128) for _ in range(20)] + [planner.plan(48 * 64) for _ in range(20)]
-    assert draws(123) == draws(123)
-    assert any(draws(s) != draws(123) for s in (1, 2, 3))
+def draws(planner, steps, calls_per_step=1):
+    out = []
+    for step in steps:
+        for _ in range(calls_per_step):        # the host may split a step into several calls
+            planner.observe_latent((1, 4, 96, 128), torch.tensor([step, step]))
+            out.append((planner.plan(96 * 128), planner.plan(48 * 64)))
+    return out[::calls_per_step]
+
+
+def test_windows_depend_on_the_step_and_depth_not_on_how_many_calls_ran():
+    config = HyperTileConfig(tile_size=128, swap_size=3, max_depth=1)
+    steps = [14.6146, 9.7, 6.1, 3.3, 1.2, 0.4]
+    one_call = draws(HyperTilePlanner(config), steps)
+    two_calls = draws(HyperTilePlanner(config), steps, calls_per_step=2)   # cond, uncond apart
+    assert one_call == two_calls
+    backwards = draws(HyperTilePlanner(config), steps[::-1])[::-1]        # in another order
+    assert backwards == one_call
+    assert len(set(one_call)) > 1, "the windows never move between steps"
+
+
+def test_passes_are_told_apart_by_the_salt():
+    config = HyperTileConfig(tile_size=128, swap_size=3, max_depth=1)
+    steps = [float(s) for s in range(20)]
+    assert draws(HyperTilePlanner(config, 0), steps) == draws(HyperTilePlanner(config, 0), steps)
+    assert draws(HyperTilePlanner(config, 1), steps) != draws(HyperTilePlanner(config, 0), steps)
+
+
+def test_step_key_takes_the_largest_value_of_the_rows():
+    assert step_key(torch.tensor([1.0, 3.0, 2.0])) == 3.0
+    assert step_key(torch.tensor(7.123456)) == 7.1235 and step_key(None) is None
+    assert step_key(torch.tensor([])) is None
 
 
 def test_private_rng_leaves_global_random_alone():
@@ -66,8 +90,8 @@ def test_private_rng_leaves_global_random_alone():
     expected = random.random()
     random.seed(5)
     planner = HyperTilePlanner(HyperTileConfig(swap_size=4), 99)
-    planner.observe_latent((96, 96))
-    for _ in range(10):
+    for step in range(10):
+        planner.observe_latent((96, 96), float(step))
         planner.plan(96 * 96)
     assert random.random() == expected
 
@@ -107,8 +131,8 @@ def test_choose_windows_uses_the_given_rng():
 
 def test_a_drawn_single_window_is_not_counted_as_no_divisor():
     planner = HyperTilePlanner(HyperTileConfig(tile_size=256, swap_size=2), 0)
-    planner.observe_latent((64, 64))            # options per axis: 2 or 1 windows
-    for _ in range(40):
+    for step in range(40):                      # options per axis: 2 or 1 windows
+        planner.observe_latent((64, 64), float(step))
         planner.plan(64 * 64)
     stats = planner.stats
     assert stats.untiled_no_divisor == 0 and stats.whole_by_draw > 0 and stats.tiled > 0

@@ -1,7 +1,6 @@
 """Hooks are always removed: after success, an exception and an interrupt, with a
-pre-existing instance forward kept, and a later change of the class forward honoured."""
-from contextlib import closing
-
+pre-existing instance forward kept, and a later change of the class forward honoured;
+each job's patches belong to that job (nested jobs do not touch each other's)."""
 import pytest
 import torch
 
@@ -9,23 +8,14 @@ from lib_tilesampler.hosts.forge import drop_our_patches
 from lib_tilesampler.hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from lib_tilesampler.hypertile.install import (install_on_modules, make_attn1_patches,
                                                self_attention_modules)
-from lib_tilesampler.lifecycle import restore_on_close
+from lib_tilesampler.hosts.webui_common import WebUIFamilyHost
+from lib_tilesampler.job import Job, JobStack
 from lib_tilesampler.module_patch import PatchSet
 from unets import run_ldm, sd1_unet
 
 
 class Interrupted(BaseException):
     """Like the WebUIs' InterruptedException: a BaseException raised inside sampling."""
-
-
-class Job:
-    """The part of a WebUI processing object the lifecycle relies on: ``close()``."""
-
-    def __init__(self):
-        self.closed = 0
-
-    def close(self):
-        self.closed += 1
 
 
 def snapshot(unet):
@@ -69,6 +59,30 @@ def test_restore_after_success_puts_back_exactly_what_was_there(unet):
     assert torch.equal(run_ldm(unet, x), expected)
 
 
+class Sampler:
+    """The two methods of a WebUI sampler the job watches; it runs ``unet``."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def sample(self, p, x, c, uc, steps=None, image_conditioning=None):
+        return run_ldm(self.unet, x)
+
+    def sample_img2img(self, p, x, noise, c, uc, steps=None, image_conditioning=None):
+        return run_ldm(self.unet, x + noise)
+
+
+def watched(unet, jobs, after=lambda: None):
+    """A job with HyperTile on ``unet`` and a watched sampler, as a generation sets up."""
+    job = jobs.open(Job({}, key=1))
+    host = WebUIFamilyHost()
+    host.jobs = jobs
+    job.track(install(unet))
+    sampler = Sampler(unet)
+    host.watch_sampler(None, job, sampler, after)
+    return job, sampler
+
+
 def test_restore_after_an_exception_in_the_middle_of_a_job(unet):
     target = self_attention_modules(unet)[3][1]
     calls = []
@@ -79,40 +93,78 @@ def test_restore_after_an_exception_in_the_middle_of_a_job(unet):
 
     target.forward = failing
     before = snapshot(unet)
-    job = Job()
+    jobs = JobStack()
+    job, sampler = watched(unet, jobs)
+    assert snapshot(unet) != before
     with pytest.raises(RuntimeError):
-        with closing(job):
-            patches = install(unet)
-            restore_on_close(job, patches.restore)
-            run_ldm(unet, torch.randn(2, 4, 32, 32))
-    assert calls and job.closed == 1
+        sampler.sample(None, torch.randn(2, 4, 32, 32), "c", "uc")
+    assert calls and job.closed and len(jobs) == 0
     after = snapshot(unet)
     assert after[1:] == before[1:] and all(a is b for a, b in zip(after[0], before[0]))
+    assert "sample" not in sampler.__dict__
 
 
 def test_restore_after_an_interrupt(unet):
+    """The WebUI's interrupt is a BaseException its sampler catches; the job ends normally
+    and closes in ``postprocess``."""
     before = snapshot(unet)
     calls = {"n": 0}
     planner = HyperTilePlanner(HyperTileConfig(tile_size=64), 0)
     original_plan = planner.plan
 
-    def plan(tokens, latent_hw=None):       # the user presses Interrupt after a few layers
+    def plan(tokens, latent_hw=None, step=None):   # the user presses Interrupt after a few layers
         calls["n"] += 1
         if calls["n"] == 3:
             raise Interrupted()
-        return original_plan(tokens, latent_hw)
+        return original_plan(tokens, latent_hw, step)
 
     planner.plan = plan
-    job = Job()
-    with closing(job):
-        patches = install_on_modules(unet, planner)
-        restore_on_close(job, patches.restore)
-        try:                                   # the sampler stops and returns what it has
-            run_ldm(unet, torch.randn(2, 4, 32, 32))
-        except Interrupted:
-            pass
+    jobs = JobStack()
+    job = jobs.open(Job({}, key=1))
+    job.track(install_on_modules(unet, planner))
+    try:                                   # the sampler stops and returns what it has
+        run_ldm(unet, torch.randn(2, 4, 32, 32))
+    except Interrupted:
+        pass
+    jobs.close(job)
     after = snapshot(unet)
     assert after[1:] == before[1:] and all(a is b for a, b in zip(after[0], before[0]))
+
+
+def test_a_nested_job_keeps_its_own_patches_and_leaves_the_outer_ones(unet):
+    """An extension running a generation inside ours (ADetailer, the X/Y/Z plot) gets its
+    own job: closing it removes its patches only; closing the outer job closes both."""
+    before = snapshot(unet)
+    jobs = JobStack()
+    outer = jobs.open(Job({}, key=1))
+    outer.track(install(unet))
+    with_outer = snapshot(unet)
+    inner = jobs.open(Job({}, key=1))
+    inner.track(install(unet, seed=1))
+    assert snapshot(unet) != with_outer
+    jobs.close(inner)
+    assert not outer.closed and snapshot(unet)[0] == with_outer[0]
+    again = jobs.open(Job({}, key=1))
+    again.track(install(unet))
+    jobs.close(outer)                        # the nested job did not close itself
+    assert again.closed and len(jobs) == 0
+    after = snapshot(unet)
+    assert after[1:] == before[1:] and all(a is b for a, b in zip(after[0], before[0]))
+
+
+def test_jobs_of_an_ended_generation_are_closed_when_the_next_one_starts(unet):
+    before = snapshot(unet)
+    jobs = JobStack()
+    emptied = []
+    jobs.on_empty.append(lambda: emptied.append(1))
+    old = jobs.open(Job({}, key="first generation"))
+    old.track(install(unet))
+    current = jobs.open(Job({}, key="second generation"))
+    assert jobs.close_stale("second generation") == 1
+    assert old.closed and not current.closed and jobs.current() is current and not emptied
+    assert snapshot(unet)[0] == before[0]
+    jobs.close(current)
+    assert emptied == [1] and jobs.last_closed is current
 
 
 def test_a_later_change_of_the_class_forward_is_honoured():
@@ -148,14 +200,14 @@ def test_wrapped_again_by_someone_else_keeps_their_chain_working(unet):
     assert torch.equal(run_ldm(unet, x), expected)
 
 
-def test_restore_is_idempotent_and_close_wrapping_happens_once(unet):
-    patches = install(unet)
-    job = Job()
-    restore_on_close(job, patches.restore)
-    restore_on_close(job, patches.restore)
+def test_closing_is_idempotent_and_a_late_patch_is_undone_at_once(unet):
+    job = Job({})
+    patches = job.track(install(unet))
     job.close()
-    patches.restore()
-    assert job.closed == 1 and len(patches) == 0
+    job.close()
+    assert len(patches) == 0
+    late = job.track(install(unet))         # a patch made after the job closed
+    assert len(late) == 0
 
 
 def test_forge_reinstall_drops_our_previous_patches_only():
@@ -172,46 +224,49 @@ def test_forge_reinstall_drops_our_previous_patches_only():
     assert len(patches["attn1_output_patch"]) == 1
 
 
-def test_resample_interception_of_the_sampler_is_undone():
-    """``after_sampling`` makes the last pass's sampler hand its latent to the resample;
-    restore puts the sampler's own methods back, also after the resample raised."""
-    from lib_tilesampler.hosts.webui_common import WebUIFamilyHost
-
-    class Sampler:
+def test_the_sampler_watch_hands_each_result_to_the_current_after_and_is_undone():
+    """``watch_sampler`` makes a pass's sampler hand its latent to the resample chosen when
+    it returns (img2img reuses one sampler for every batch); closing the job puts the
+    sampler's own methods back, also after the resample raised or was interrupted."""
+    class Plain:
         def sample(self, p, x, c, uc, steps=None, image_conditioning=None):
             return x + 1
 
         def sample_img2img(self, p, x, noise, c, uc, steps=None, image_conditioning=None):
             return x + 2
 
-    sampler, host = Sampler(), WebUIFamilyHost()
-    seen = []
+    jobs, host = JobStack(), WebUIFamilyHost()
+    host.jobs = jobs
+    sampler = Plain()
+    factor = {"now": 10}
 
-    def after(samples, call):
-        seen.append(sorted(call))
+    def after(samples, seen_sampler):
+        assert seen_sampler is sampler
         if samples.sum() > 100:
             raise RuntimeError("resample failed")
-        return samples * 10
+        return samples * factor["now"]
 
-    host.track(host.after_sampling(sampler, after))
+    job = jobs.open(Job({}, key=1))
+    host.watch_sampler(None, job, sampler, lambda: after)
+    host.watch_sampler(None, job, sampler, lambda: after)     # watched once
     assert torch.equal(sampler.sample(None, torch.zeros(1), "c", "uc"), torch.full((1,), 10.0))
-    assert torch.equal(sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc"), torch.full((1,), 20.0))
-    assert "conditioning" in seen[0] and "unconditional_conditioning" in seen[1]
+    factor["now"] = 100                                       # the next batch's settings
+    assert torch.equal(sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc"), torch.full((1,), 200.0))
     with pytest.raises(RuntimeError):
         sampler.sample(None, torch.full((1,), 200.0), "c", "uc")
-    host.restore()
-    assert "sample" not in sampler.__dict__ and "sample_img2img" not in sampler.__dict__
+    assert job.closed and "sample" not in sampler.__dict__ and "sample_img2img" not in sampler.__dict__
     assert torch.equal(sampler.sample(None, torch.zeros(1), "c", "uc"), torch.ones(1))
 
     class Interrupted(BaseException):   # an interrupt is not an Exception
         pass
 
-    def interrupted(samples, call):
+    def interrupted(samples, seen_sampler):
         raise Interrupted()
 
-    host.track(host.after_sampling(sampler, interrupted))
+    job = jobs.open(Job({}, key=1))
+    host.watch_sampler(None, job, sampler, lambda: interrupted)
     with pytest.raises(Interrupted):
         sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc")
-    host.restore()
+    jobs.close(job)
     assert "sample" not in sampler.__dict__ and "sample_img2img" not in sampler.__dict__
     assert torch.equal(sampler.sample_img2img(None, torch.zeros(1), None, "c", "uc"), torch.full((1,), 2.0))

@@ -128,10 +128,15 @@ def test_progress_and_interrupt_between_tile_batches():
                          on_tile=lambda d, n: reports.append((d, n)))
     assert reports == [(4, 15), (8, 15), (12, 15), (15, 15)]
     calls.clear()
-    with pytest.raises(TileInterrupted, match="4 of 15"):
+    with pytest.raises(TileInterrupted, match="4 of 15"):   # pressed while batch 2 ran
         resample_independent(latent, noise, tiles, None, sample, tile_batch=4,
-                             should_stop=lambda: len(calls) == 1)
-    assert calls == [4]
+                             should_stop=lambda: len(calls) == 2)
+    assert calls == [4, 4]
+    calls.clear()
+    with pytest.raises(TileInterrupted, match="12 of 15"):  # pressed during the last batch:
+        resample_independent(latent, noise, tiles, None, sample, tile_batch=4,
+                             should_stop=lambda: len(calls) == 4)   # its result is not used
+    assert calls == [4, 4, 4, 3]
 
 
 def test_half_precision_latent_keeps_its_dtype():

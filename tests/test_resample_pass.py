@@ -5,7 +5,7 @@ import torch
 from denoisers import ROWS, euler, pixel_denoiser, row_t, sd1_cond, unet_denoiser
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts.forge import chained_function_wrapper
-from lib_tilesampler.hosts.webui_common import TileRowsRNG, _repeat_conds, overridden
+from lib_tilesampler.hosts.webui_common import RowSeedsRNG, _repeat_conds, overridden
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap, run_resample, seeded_noise
 from lib_tilesampler.tiling.denoisers import fused_denoiser
 from unets import sd1_unet
@@ -29,11 +29,11 @@ def host_callables(denoiser, cond, latent_hw):
 
 
 def test_plan_converts_pixels_to_latent_cells_and_checks_overlap():
-    plan = TilePlan.from_values(values(mode="fused"), steps=30, seed=5)
-    assert (plan.tile, plan.overlap, plan.steps, plan.seed) == (16, 4, 30, 5)
+    plan = TilePlan.from_values(values(mode="fused"), steps=30, salt=5)
+    assert (plan.tile, plan.overlap, plan.steps, plan.salt) == (16, 4, 30, 5)
     assert plan.exceeds((17, 8)) and not plan.exceeds((16, 16))
     try:
-        TilePlan.from_values(values(overlap=128), steps=30, seed=5)
+        TilePlan.from_values(values(overlap=128), steps=30, salt=5)
         raise AssertionError("overlap >= tile accepted")
     except ValueError as e:
         assert "smaller than resample_tile_size" in str(e)
@@ -41,7 +41,7 @@ def test_plan_converts_pixels_to_latent_cells_and_checks_overlap():
 
 def test_denoise_zero_is_the_identity():
     latent = torch.randn(ROWS, 4, 24, 40)
-    plan = TilePlan.from_values(values(denoise=0.0), steps=30, seed=1)
+    plan = TilePlan.from_values(values(denoise=0.0), steps=30)
     fail = lambda *a: (_ for _ in ()).throw(AssertionError("sampled at denoise 0"))
     assert run_resample(latent, plan, [1, 2], fail, fail) is latent
 
@@ -53,7 +53,7 @@ def test_every_mode_equals_untiled_for_a_per_pixel_denoiser():
     noise = seeded_noise(latent.shape, [7, 8, 7, 8], latent.dtype, latent.device)
     expected = euler(pixel_denoiser, latent, noise, torch.tensor([2.0, 1.0, 0.5, 0.0]), cond)
     for mode in ("independent", "fused", "moving"):
-        plan = TilePlan.from_values(values(mode=mode, denoise=0.5), steps=8, seed=3)
+        plan = TilePlan.from_values(values(mode=mode, denoise=0.5), steps=8, salt=3)
         out = run_resample(latent, plan, [7, 8], whole, tiles)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5, msg=mode)
 
@@ -65,10 +65,10 @@ def test_seeded_noise_is_per_row_and_repeatable():
 
 
 def test_tile_rows_rng_gives_noise_of_the_tile_batch_shape():
-    rng = TileRowsRNG((4, 8, 8), [1, 2, 3], torch.device("cpu"))
+    rng = RowSeedsRNG((4, 8, 8), [1, 2, 3], torch.device("cpu"))
     first, second = rng.next(), rng.next()
     assert first.shape == (3, 4, 8, 8) and not torch.equal(first, second)
-    again = TileRowsRNG((4, 8, 8), [1], torch.device("cpu")).next()
+    again = RowSeedsRNG((4, 8, 8), [1], torch.device("cpu")).next()
     assert torch.equal(again[0], first[0])          # a row's noise does not depend on the batch
 
 
@@ -114,11 +114,15 @@ def test_forge_wrapper_tiles_and_chains_to_another_extensions_wrapper():
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     wrap = make_wrap(TilePlan.from_values(values(mode="fused"), 30, 0))
-    ours = chained_function_wrapper(theirs, wrap)
+    ours = chained_function_wrapper(theirs, lambda: wrap)
     out = forge_call(ours, unet, x, t, cond)
     expected = fused_denoiser(lambda a, b, c: unet_denoiser(unet)(a, b, {"c_crossattn": [c["c_crossattn"]]}),
                               16, 16, 4, "gaussian", align=8)(x, t, cond)
     torch.testing.assert_close(out, expected)
     assert len(seen) == 3 * 4 and all(s[-2:] == (16, 16) for s in seen)   # theirs ran on each tile
-    again = chained_function_wrapper(ours, wrap)               # Forge calls the hook twice
+    again = chained_function_wrapper(ours, lambda: wrap)       # Forge calls the hook twice
     assert again.__tilesampler_previous__ is theirs
+    seen.clear()                                               # no tiling: theirs sees the whole
+    untiled = forge_call(chained_function_wrapper(theirs, lambda: None), unet, x, t, cond)
+    assert seen == [tuple(x.shape)]
+    torch.testing.assert_close(untiled, unet_denoiser(unet)(x, t, {"c_crossattn": [cond["c_crossattn"]]}))

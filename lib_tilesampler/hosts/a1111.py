@@ -3,12 +3,14 @@
 HyperTile: every ``attn1`` module (ldm or sgm ``CrossAttention``) of the loaded U-Net gets
 an instance ``forward`` wrapper (see ``module_patch``); the class forward, which A1111
 swaps when the cross-attention optimisation changes, is looked up at call time. A model
-loaded in the middle of a job (refiner switch) is patched too while a job is active.
+switched to in the middle of a job (a refiner, newly loaded or already in memory) is
+patched at its first denoiser call, once per job and model object. A1111's built-in
+HyperTile (Settings) is switched off for the job's models while ours runs.
 
 Tiled denoising: the CFG denoiser's inner model (k-diffusion ``CompVisDenoiser`` or the
 timestep denoiser, called as ``inner_model(x, sigma, cond=...)``) gets an instance
 ``forward`` wrapper; a refiner switch builds a new inner model, which is wrapped again at
-the next step (``on_cfg_denoiser``).
+its first call (``follow_model``).
 """
 from __future__ import annotations
 
@@ -17,96 +19,108 @@ from typing import Any, Callable, Optional
 
 from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from ..hypertile.install import install_on_modules
+from ..job import Job
 from ..module_patch import PatchSet
 from ..tiling.passes import Wrap
-from .webui_common import WebUIFamilyHost
+from .webui_common import JobHostState, WebUIFamilyHost
+
+BUILTIN_HYPERTILE_PARAMS = "__webui_hypertile_params"   # set by A1111's built-in HyperTile
 
 
 def _is_ours(module: Any) -> bool:
     return bool(getattr(module.__dict__.get("forward"), "__tilesampler_patch__", False))
 
 
-class A1111Host(WebUIFamilyHost):
-    name = "a1111"
-
+class A1111JobState(JobHostState):
     def __init__(self) -> None:
         super().__init__()
-        self._hypertile: list[PatchSet] = []
-        self._planner: Optional[HyperTilePlanner] = None
-        self._vae = False
-        self._seed = 0
-        self._wrapped_cfg: "weakref.WeakKeyDictionary[Any, tuple[Callable[[Any], None], PatchSet]]" = \
-            weakref.WeakKeyDictionary()
-        self._callbacks_registered = False
+        self.planner: Optional[HyperTilePlanner] = None
+        self.vae = False
+        self.hypertile: "weakref.WeakKeyDictionary[Any, PatchSet]" = weakref.WeakKeyDictionary()
+        self.wrapped: "weakref.WeakKeyDictionary[Any, Callable[[Any], None]]" = weakref.WeakKeyDictionary()
+
+
+class A1111Host(WebUIFamilyHost):
+    name = "a1111"
+    state_class = A1111JobState
 
     # ------------------------------------------------------------------ HyperTile
-    def install_hypertile(self, p: Any, config: HyperTileConfig, seed: int,
+    def install_hypertile(self, p: Any, job: Job, config: HyperTileConfig, salt: int,
                           vae: bool) -> HyperTilePlanner:
-        self._restore_hypertile()
-        self._planner = HyperTilePlanner(config, seed)
-        self._vae, self._seed = vae, seed
-        self._patch_model(p.sd_model)
-        self._register_callbacks()
-        return self._planner
-
-    def _patch_model(self, sd_model: Any) -> None:
-        unet = sd_model.model.diffusion_model
-        vae = sd_model.first_stage_model if self._vae else None
-        self._hypertile.append(install_on_modules(unet, self._planner, vae, self._seed))
-
-    def _restore_hypertile(self) -> None:
-        for patches in reversed(self._hypertile):
+        state = self.state(job)
+        for patches in list(state.hypertile.values()):
             patches.restore()
-        self._hypertile.clear()
+        state.hypertile.clear()
+        state.planner = HyperTilePlanner(config, salt)
+        state.vae = vae
+        self._patch_model(job, p.sd_model)
+        return state.planner
 
-    def last_planner(self) -> Optional[HyperTilePlanner]:
-        return self._planner
+    def _patch_model(self, job: Job, sd_model: Any) -> None:
+        """Tile ``sd_model``'s U-Net for ``job`` unless it is already (once per object)."""
+        state = self.state(job)
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        if state.planner is None or unet is None or unet in state.hypertile:
+            return
+        vae = sd_model.first_stage_model if state.vae else None
+        patches = install_on_modules(unet, state.planner, vae)
+        self._mute_builtin_hypertile(job, [unet] + ([vae] if vae is not None else []), patches)
+        state.hypertile[unet] = job.track(patches)
+
+    @staticmethod
+    def _mute_builtin_hypertile(job: Job, models: list, patches: PatchSet) -> None:
+        """A1111's built-in HyperTile keeps a per-module ``enabled`` flag: off while ours runs."""
+        muted = 0
+        for model in models:
+            for module in model.modules():
+                params = module.__dict__.get(BUILTIN_HYPERTILE_PARAMS)
+                if params is not None and getattr(params, "enabled", False):
+                    params.enabled = False
+                    patches.add_undo(lambda params=params: setattr(params, "enabled", True))
+                    muted += 1
+        if muted:
+            job.note("A1111's built-in HyperTile (Settings) is on too: Tile Sampler's HyperTile "
+                     "runs instead of it in this job")
+
+    def model_loaded(self, job: Job, sd_model: Any) -> None:
+        self._patch_model(job, sd_model)
+
+    def follow_model(self, job: Job, params: Any) -> None:
+        from modules import shared
+        self._patch_model(job, shared.sd_model)   # a refiner reused from memory loads nothing
+        state = self.state(job)
+        wrap_inner = state.wrapped.get(params.denoiser)
+        if wrap_inner is not None:
+            inner_model = params.denoiser.inner_model    # rebuilt after a refiner switch
+            if not _is_ours(inner_model):
+                wrap_inner(inner_model)
 
     # ------------------------------------------------------------ denoiser wrapping
-    def _wrap_denoiser(self, p: Any, sampler: Any, wrap: Wrap, patches: PatchSet) -> None:
+    def wrap_sampling(self, p: Any, job: Job, sampler: Any,
+                      wrap: Callable[[], Optional[Wrap]]) -> PatchSet:
         cfg_denoiser = sampler.model_wrap_cfg
+        state = self.state(job)
+        host_wrap = self.host_denoiser
+
+        patches = job.track(PatchSet())
 
         def wrap_inner(inner_model: Any) -> None:
+
             def call(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+                current = wrap()
+                if current is None:
+                    return inner(*args, **kwargs)
                 x, t = args[0], args[1]
                 kwargs = dict(kwargs)
                 cond = kwargs.pop("cond") if "cond" in kwargs else (args[2] if len(args) > 2 else None)
 
                 def denoiser(x_: Any, t_: Any, cond_: Any) -> Any:
                     return inner(x_, t_, cond=cond_, **kwargs)
-                return wrap(denoiser)(x, t, cond)
+                return host_wrap(current)(denoiser)(x, t, cond)
             patches.wrap_forward(inner_model, call)
 
-        if _is_ours(cfg_denoiser.inner_model):
-            return  # already tiled for this sampler
+        if cfg_denoiser in state.wrapped:
+            return patches               # the same sampler again (img2img batches)
+        state.wrapped[cfg_denoiser] = wrap_inner
         wrap_inner(cfg_denoiser.inner_model)
-        self._wrapped_cfg[cfg_denoiser] = (wrap_inner, patches)
-        self._register_callbacks()
-
-    # ------------------------------------------------------------------- callbacks
-    def _register_callbacks(self) -> None:
-        if self._callbacks_registered:
-            return
-        from modules import script_callbacks
-
-        def on_model_loaded(sd_model: Any) -> None:
-            # a refiner switch loads another model mid-job: tile it as well
-            if self._planner is not None and self._hypertile:
-                self._patch_model(sd_model)
-
-        def on_cfg_denoiser(params: Any) -> None:
-            entry = self._wrapped_cfg.get(params.denoiser)
-            if entry is None or len(entry[1]) == 0:
-                return
-            inner_model = params.denoiser.inner_model     # rebuilt after a refiner switch
-            if not _is_ours(inner_model):
-                entry[0](inner_model)
-
-        script_callbacks.on_model_loaded(on_model_loaded, name="tilesampler_hypertile")
-        script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="tilesampler_rewrap")
-        self._callbacks_registered = True
-
-    def restore(self) -> None:
-        super().restore()
-        self._restore_hypertile()
-        self._wrapped_cfg.clear()
+        return patches

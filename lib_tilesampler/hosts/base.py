@@ -1,6 +1,10 @@
 """The one interface the scripts call. Each host adapter (one file per host) implements it;
 all imports of a host's own modules live inside those adapter files (and in
-``webui_common.py`` for what A1111 and its fork Forge share)."""
+``webui_common.py`` for what A1111 and its fork Forge share).
+
+Every method that changes the host takes the ``Job`` it does it for: the job keeps the
+patches and undoes them when it closes, so nothing is kept on the adapter between jobs.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
@@ -8,44 +12,78 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import torch
 
 from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
+from ..job import Job, JobStack
 from ..module_patch import PatchSet
 from ..tiling.passes import TilePlan, Wrap
+
+After = Callable[[torch.Tensor, Any], torch.Tensor]
+"""``after(samples, sampler) -> samples``: what to do with the latent a pass returns."""
 
 
 class Host(Protocol):
     name: str
 
-    def install_hypertile(self, p: Any, config: HyperTileConfig, seed: int,
+    # ------------------------------------------------------------------------ jobs
+    def job_key(self) -> Any:
+        """What tells top-level generations apart (a job of another one is stale)."""
+
+    def watch_jobs(self, jobs: JobStack) -> None:
+        """Follow the open jobs with the host's callbacks (a model switch in the middle of
+        a job, every denoiser call, the end of a generation). Called at every load of the
+        script file, so a Reload UI, which clears the host's callbacks, registers anew."""
+
+    def end_with_generation(self, job: Job) -> None:
+        """Close ``job`` at the end of its top-level generation, however it ends."""
+
+    # ------------------------------------------------------------------- HyperTile
+    def install_hypertile(self, p: Any, job: Job, config: HyperTileConfig, salt: int,
                           vae: bool) -> HyperTilePlanner:
-        """Tile the self-attention of the U-Net that will sample ``p`` next (and the VAE
-        mid attention when ``vae``). Called before every sampling pass; idempotent: a
-        second call replaces what the first installed."""
+        """Tile the self-attention of the U-Net that samples ``p`` next (and the VAE mid
+        attention when ``vae``), and of a model switched to in the middle of the job.
+        Idempotent: a second call for the same model replaces the first one."""
 
-    def last_planner(self) -> Optional[HyperTilePlanner]:
-        """The planner of the latest install, for its statistics."""
+    # -------------------------------------------------------------------- resample
+    def wrap_sampling(self, p: Any, job: Job, sampler: Any,
+                      wrap: Callable[[], Optional[Wrap]]) -> PatchSet:
+        """Make every denoiser call of ``sampler`` go through ``wrap()`` (looked up at
+        call time; None = untiled); the job undoes it when it closes, the returned
+        patches undo it earlier."""
 
-    def wrap_sampling(self, p: Any, sampler: Any, wrap: Wrap) -> PatchSet:
-        """Make every denoiser call of ``sampler`` go through ``wrap``."""
+    def watch_sampler(self, p: Any, job: Job, sampler: Any,
+                      after: Callable[[], Optional[After]]) -> None:
+        """Close ``job`` when ``sampler`` raises, and hand each latent it returns to
+        ``after()`` (looked up at call time; None = as it is)."""
 
-    def after_sampling(self, sampler: Any,
-                       after: Callable[[torch.Tensor, dict], torch.Tensor]) -> PatchSet:
-        """Hand the latent ``sampler`` returns to ``after`` before the WebUI uses it."""
-
-    def resample_after(self, p: Any, samples: torch.Tensor, call: dict, plan: TilePlan,
-                       values: dict, seeds: Sequence[int]) -> torch.Tensor:
+    def resample_after(self, p: Any, job: Job, samples: torch.Tensor, sampler: Any,
+                       plan: TilePlan, values: Mapping[str, Any],
+                       seeds: Sequence[int]) -> torch.Tensor:
         """The latent-tile resample pass over ``samples`` with the host's samplers."""
 
-    def track(self, patches: PatchSet) -> PatchSet:
-        """Undo ``patches`` in ``restore()``."""
+    def sampler_runs(self, plan: TilePlan, latent_hw: Sequence[int]) -> int:
+        """How many sampler runs the resample pass makes over a latent of that size."""
 
-    def restore(self) -> None:
-        """Remove everything this extension installed in the host. Safe to call often."""
+    def add_progress_jobs(self, n: int) -> None:
+        """Grow the host's progress total by ``n`` sampler runs."""
 
+    # -------------------------------------------------------------- names, checks
     def sampler_names(self) -> list[str]: ...
 
     def scheduler_names(self) -> list[str]: ...
 
-    def name_error(self, values: Mapping[str, Any]) -> Optional[str]: ...
+    def resolve_names(self, values: Mapping[str, Any]) -> dict:
+        """``values`` with the resample sampler and schedule type in the host's own
+        spelling (aliases, any case, ``"DPM++ 2M Karras"``); ``ParamError`` when unknown."""
+
+    def settings_error(self, values: Mapping[str, Any], main_steps: Optional[int]) -> Optional[str]:
+        """Why the host cannot run the resample with these settings (UniPC with fewer
+        steps than its order), or None."""
+
+    def other_tilers(self, p: Any, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Tilings of other extensions or settings active in the job, as
+        ``(what, group of ours it clashes with)``."""
+
+    def control_units(self, p: Any) -> int:
+        """How many ControlNet units are on in the job."""
 
     def should_stop(self) -> bool: ...
 

@@ -4,9 +4,10 @@ HyperTile: clone ``p.sd_model.forge_objects.unet`` (a ``UnetPatcher``), register
 ``attn1_patch`` / ``attn1_output_patch`` pair and assign the clone back. Forge resets
 ``forge_objects`` from a shallow copy before each pass, so the U-Net patches never
 outlive the pass; the installer still drops patches of ours that are already there,
-because Forge calls ``process_before_every_sampling`` twice around a hires pass.
-The VAE has no patcher hook, so its mid attention gets instance wrappers, restored
-after the job like in A1111.
+because Forge calls ``process_before_every_sampling`` twice around a hires pass. A
+refiner switch loads other ``forge_objects``: the patches are applied to them at their
+first denoiser call (``follow_model``). The VAE has no patcher hook, so its mid attention
+gets instance wrappers, restored when the job closes.
 
 Tiled denoising: the same clone-and-assign with ``set_model_unet_function_wrapper``,
 chaining to a wrapper another extension (or Forge's MultiDiffusion) already set.
@@ -17,9 +18,10 @@ from typing import Any, Callable, Optional
 
 from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from ..hypertile.install import install_on_modules, make_attn1_patches
+from ..job import Job
 from ..module_patch import PatchSet
 from ..tiling.passes import Wrap
-from .webui_common import WebUIFamilyHost
+from .webui_common import JobHostState, WebUIFamilyHost
 
 _PATCH_KEYS = ("attn1_patch", "attn1_output_patch")
 
@@ -36,27 +38,40 @@ def drop_our_patches(model_options: dict) -> None:
             patches[key] = [fn for fn in patches[key] if not _ours(fn)]
 
 
-def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Wrap) -> Callable[..., Any]:
-    """A ``model_function_wrapper(apply_model, args)`` that tiles through ``wrap`` and runs
-    each tile through ``previous`` (another extension's wrapper) when there is one. A
-    previous wrapper of ours is replaced, not stacked."""
+def has_our_patches(model_options: dict) -> bool:
+    patches = model_options.get("transformer_options", {}).get("patches", {})
+    return any(_ours(fn) for key in _PATCH_KEYS for fn in patches.get(key, []))
+
+
+def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Callable[[], Optional[Wrap]]
+                             ) -> Callable[..., Any]:
+    """A ``model_function_wrapper(apply_model, args)`` that tiles through ``wrap()`` (looked
+    up at call time; None = untiled) and runs each tile through ``previous`` (another
+    extension's wrapper) when there is one. A previous wrapper of ours is replaced, not
+    stacked."""
     while _ours(previous):
         previous = getattr(previous, "__tilesampler_previous__", None)
 
-    def wrapper(apply_model: Callable[..., Any], args: dict) -> Any:
-        extra = {k: v for k, v in args.items() if k not in ("input", "timestep", "c")}
+    def call(apply_model: Callable[..., Any], args: dict, x: Any, t: Any, c: Any) -> Any:
         rows = args["input"].shape[0]
+        tiles = x.shape[0] // rows
+        if tiles > 1:  # k tiles stacked tile-major: each chunk list repeats k times
+            c = _repeat_chunk_lists(c, tiles)
+        if previous is None:
+            return apply_model(x, t, **c)
+        extra = {k: v for k, v in args.items() if k not in ("input", "timestep", "c")}
+        more = {k: (v * tiles if k == "cond_or_uncond" and isinstance(v, list) else v)
+                for k, v in extra.items()}
+        return previous(apply_model, dict(more, input=x, timestep=t, c=c))
+
+    def wrapper(apply_model: Callable[..., Any], args: dict) -> Any:
+        current = wrap()
 
         def denoiser(x: Any, t: Any, c: Any) -> Any:
-            tiles = x.shape[0] // rows
-            if tiles > 1:  # k tiles stacked tile-major: each chunk list repeats k times
-                c = _repeat_chunk_lists(c, tiles)
-            if previous is None:
-                return apply_model(x, t, **c)
-            more = {k: (v * tiles if k == "cond_or_uncond" and isinstance(v, list) else v)
-                    for k, v in extra.items()}
-            return previous(apply_model, dict(more, input=x, timestep=t, c=c))
-        return wrap(denoiser)(args["input"], args["timestep"], args["c"])
+            return call(apply_model, args, x, t, c)
+        if current is None:
+            return denoiser(args["input"], args["timestep"], args["c"])
+        return current(denoiser)(args["input"], args["timestep"], args["c"])
 
     wrapper.__tilesampler_patch__ = True  # type: ignore[attr-defined]
     wrapper.__tilesampler_previous__ = previous  # type: ignore[attr-defined]
@@ -73,51 +88,91 @@ def _repeat_chunk_lists(c: dict, tiles: int) -> dict:
     return dict(c, transformer_options=options)
 
 
-class ForgeHost(WebUIFamilyHost):
-    name = "forge"
-
+class ForgeJobState(JobHostState):
     def __init__(self) -> None:
         super().__init__()
-        self._planner: Optional[HyperTilePlanner] = None
-        self._vae_patches: Optional[PatchSet] = None
+        self.planner: Optional[HyperTilePlanner] = None
+        self.vae_patches: Optional[PatchSet] = None
+        self.wrap: Optional[Callable[[], Optional[Wrap]]] = None   # the pass's tiling
 
-    def install_hypertile(self, p: Any, config: HyperTileConfig, seed: int,
+
+class ForgeHost(WebUIFamilyHost):
+    name = "forge"
+    state_class = ForgeJobState
+
+    def install_hypertile(self, p: Any, job: Job, config: HyperTileConfig, salt: int,
                           vae: bool) -> HyperTilePlanner:
-        self._planner = HyperTilePlanner(config, seed)
+        state = self.state(job)
+        state.planner = HyperTilePlanner(config, salt)
         objects = p.sd_model.forge_objects
-        unet = objects.unet.clone()
-        drop_our_patches(unet.model_options)
-        attn1_patch, attn1_output_patch = make_attn1_patches(self._planner)
-        unet.set_model_attn1_patch(attn1_patch)
-        unet.set_model_attn1_output_patch(attn1_output_patch)
-        objects.unet = unet
-        self._restore_vae()
+        objects.unet = self._with_hypertile(objects.unet, state.planner)
+        if state.vae_patches is not None:
+            state.vae_patches.restore()
+            state.vae_patches = None
         if vae:
             first_stage = objects.vae.first_stage_model
-            self._vae_patches = install_on_modules(None, self._planner, first_stage, seed)
-        return self._planner
+            state.vae_patches = job.track(install_on_modules(None, state.planner, first_stage))
+        return state.planner
 
-    def _restore_vae(self) -> None:
-        if self._vae_patches is not None:
-            self._vae_patches.restore()
-            self._vae_patches = None
+    @staticmethod
+    def _with_hypertile(unet: Any, planner: HyperTilePlanner) -> Any:
+        unet = unet.clone()
+        drop_our_patches(unet.model_options)
+        attn1_patch, attn1_output_patch = make_attn1_patches(planner)
+        unet.set_model_attn1_patch(attn1_patch)
+        unet.set_model_attn1_output_patch(attn1_output_patch)
+        return unet
 
-    def restore(self) -> None:
-        super().restore()
-        self._restore_vae()
-
-    def last_planner(self) -> Optional[HyperTilePlanner]:
-        return self._planner
-
-    def _wrap_denoiser(self, p: Any, sampler: Any, wrap: Wrap, patches: PatchSet) -> None:
-        objects = p.sd_model.forge_objects
-        original = objects.unet
-        unet = original.clone()
+    @staticmethod
+    def _with_wrapper(unet: Any, wrap: Callable[[], Optional[Wrap]]) -> Any:
+        unet = unet.clone()
         unet.set_model_unet_function_wrapper(
             chained_function_wrapper(unet.model_options.get("model_function_wrapper"), wrap))
+        return unet
+
+    def follow_model(self, job: Job, params: Any) -> None:
+        """After a refiner switch the denoiser samples with the refiner's fresh
+        ``forge_objects``: give them the job's HyperTile patches and tiling wrapper."""
+        state = self.state(job)
+        objects = getattr(getattr(params.denoiser.inner_model, "inner_model", None), "forge_objects", None)
+        if objects is None:
+            return
+        unet = objects.unet
+        options = unet.model_options
+        changed = unet
+        if state.planner is not None and not has_our_patches(options):
+            changed = self._with_hypertile(changed, state.planner)
+        if state.wrap is not None and not _ours(options.get("model_function_wrapper")):
+            changed = self._with_wrapper(changed, state.wrap)
+        if changed is not unet:
+            objects.unet = changed
+
+            def undo() -> None:
+                if objects.unet is changed:
+                    objects.unet = unet
+            patches = PatchSet()
+            patches.add_undo(undo)
+            job.track(patches)
+
+    def wrap_sampling(self, p: Any, job: Job, sampler: Any,
+                      wrap: Callable[[], Optional[Wrap]]) -> PatchSet:
+        objects = p.sd_model.forge_objects
+        original = objects.unet
+        host_wrap = self.host_denoiser
+        state = self.state(job)
+
+        def current() -> Optional[Wrap]:
+            w = wrap()
+            return None if w is None else host_wrap(w)
+        state.wrap = current
+        unet = self._with_wrapper(original, current)
         objects.unet = unet
 
         def undo() -> None:
             if objects.unet is unet:
                 objects.unet = original
+            if state.wrap is current:
+                state.wrap = None
+        patches = PatchSet()
         patches.add_undo(undo)
+        return job.track(patches)

@@ -1,28 +1,42 @@
 """What A1111 1.10 and Forge 2 share (Forge is a fork of A1111 1.10): sampler and
-scheduler lists, progress and interrupt state, and the latent-tile resample pass run with
-the host's own samplers. The two adapters differ only in how a denoiser is wrapped
-(``_wrap_denoiser``) and how HyperTile is installed.
+scheduler names, progress and interrupt state, the end of a generation, other
+extensions in the job, and the latent-tile resample pass run with the host's own
+samplers. The two adapters differ in how a denoiser is wrapped, how HyperTile is
+installed and how they follow a model switched to in the middle of a job.
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from ..tiling.conditioning import crop_cond, stack_tiles
+from ..job import Job, JobStack
 from ..module_patch import PatchSet
-from ..params import SAME, group_enabled
-from ..tiling.passes import TilePlan, Wrap, run_resample
+from ..params import SAME, ParamError, group_enabled
+from ..tiling.conditioning import crop_cond, stack_tiles
 from ..tiling.denoisers import Denoiser, TileInterrupted
+from ..tiling.independent import steps_to_run
+from ..tiling.passes import (TilePlan, Wrap, derive_seed, img2img_steps, run_resample,
+                             sampler_runs, tile_seeds)
 from ..tiling.plan import Tile
+from .base import After
 
 STATE_TEXT = "Tile Sampler"
+RESAMPLE_STAGE = "resample"
+NOISE_PURPOSE, SDE_PURPOSE, TILE_NOISE_PURPOSE = 1, 2, 3
+
+# Tilings of other extensions that stack with ours: (script title, what to call it).
+OTHER_LATENT_TILERS = (("Tiled Diffusion", "Tiled Diffusion"),
+                       ("MultiDiffusion Integrated", "Forge's MultiDiffusion"))
+CONTROLNET_TITLES = ("controlnet", "controlnet integrated")
 
 
-class TileRowsRNG:
-    """Stands in for ``p.rng`` while tiles are sampled: ``next()`` gives unit noise of the
-    current batch's shape, one generator per row seeded from ``seeds``."""
+class RowSeedsRNG:
+    """Stands in for ``p.rng`` while the resample samples: ``next()`` gives unit noise of
+    the batch's shape, one CPU generator per row seeded from ``seeds``, so a row's noise
+    does not depend on the other rows of the batch."""
 
     def __init__(self, shape: Sequence[int], seeds: Sequence[int], device: torch.device,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -58,25 +72,137 @@ def _full_mask(mask: Optional[torch.Tensor], rows: int) -> Optional[torch.Tensor
     return mask.expand(rows, *mask.shape[-3:]) if mask.dim() == 3 else mask
 
 
-class WebUIFamilyHost:
-    """Shared glue; subclasses implement ``_wrap_denoiser`` and ``install_hypertile``."""
+def _script_args(p: Any, titles: Sequence[str]) -> Iterator[tuple[str, list]]:
+    """``(title, args)`` of the always-on scripts of the job whose title is one of
+    ``titles`` (case-insensitive)."""
+    runner = getattr(p, "scripts", None)
+    args = list(getattr(p, "script_args", None) or [])
+    wanted = {t.lower() for t in titles}
+    for script in getattr(runner, "alwayson_scripts", None) or []:
+        try:
+            title = script.title()
+        except Exception:
+            continue
+        if isinstance(title, str) and title.lower() in wanted:
+            yield title, args[script.args_from:script.args_to]
 
-    name = "webui"
+
+def _is_on(unit: Any) -> bool:
+    if isinstance(unit, Mapping):
+        return bool(unit.get("enabled", False))
+    return bool(getattr(unit, "enabled", False))
+
+
+class JobHostState:
+    """What an adapter keeps for one job (in ``job.host``)."""
 
     def __init__(self) -> None:
-        self._job_patches: list[PatchSet] = []
+        self.watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
-    def track(self, patches: PatchSet) -> PatchSet:
-        """Keep ``patches`` to undo in ``restore()`` (after the job, on error, on reload)."""
-        self._job_patches.append(patches)
-        return patches
 
-    def restore(self) -> None:
-        for patches in reversed(self._job_patches):
+class WebUIFamilyHost:
+    """Shared glue; subclasses install HyperTile, wrap denoisers and follow model switches."""
+
+    name = "webui"
+    state_class: type = JobHostState
+
+    def __init__(self) -> None:
+        self.jobs: Optional[JobStack] = None
+
+    def state(self, job: Job) -> Any:
+        """The adapter's state of ``job``, made on first use."""
+        if not isinstance(job.host, self.state_class):
+            job.host = self.state_class()
+        return job.host
+
+    # ------------------------------------------------------------------------ jobs
+    @staticmethod
+    def job_key() -> Any:
+        from modules import shared
+        return getattr(shared.state, "time_start", None)
+
+    def watch_jobs(self, jobs: JobStack) -> None:
+        from modules import script_callbacks
+        self.jobs = jobs
+        script_callbacks.on_cfg_denoiser(self._on_cfg_denoiser, name="tilesampler_cfg_denoiser")
+        script_callbacks.on_model_loaded(self._on_model_loaded, name="tilesampler_model_loaded")
+
+    def current_job(self) -> Optional[Job]:
+        job = self.jobs.current() if self.jobs is not None else None
+        return job if job is not None and not job.closed else None
+
+    def _on_cfg_denoiser(self, params: Any) -> None:
+        job = self.current_job()
+        if job is None:
+            return
+        job.count()
+        self.follow_model(job, params)
+
+    def _on_model_loaded(self, sd_model: Any) -> None:
+        job = self.current_job()
+        if job is not None:
+            self.model_loaded(job, sd_model)
+
+    def follow_model(self, job: Job, params: Any) -> None:
+        """Called at every denoiser call: re-apply what a model switch dropped."""
+
+    def model_loaded(self, job: Job, sd_model: Any) -> None:
+        """Called when the host loads a model in the middle of ``job``."""
+
+    def end_with_generation(self, job: Job) -> None:
+        """Close every open job when the host ends the top-level generation
+        (``shared.state.end``, which both WebUIs call after every UI and API job; an
+        exception in sampling closes the job earlier, see ``watch_sampler``)."""
+        from modules import shared
+        jobs = self.jobs
+        if jobs is None or getattr(shared.state.end, "__tilesampler_patch__", False):
+            return
+        patches = PatchSet()
+
+        def end(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+            try:
+                jobs.close_all()
+            finally:
+                return inner(*args, **kwargs)
+
+        patches.wrap_method(shared.state, "end", end)
+
+        def undo() -> None:              # removed as soon as no job is open any more
             patches.restore()
-        self._job_patches.clear()
+            with contextlib.suppress(ValueError):
+                jobs.on_empty.remove(undo)
+        jobs.on_empty.append(undo)
 
-    # ------------------------------------------------------------------ lists for the UI
+    # ------------------------------------------------------------------ samplers
+    def watch_sampler(self, p: Any, job: Job, sampler: Any,
+                      after: Callable[[], Optional[After]]) -> None:
+        """``sampler.sample`` / ``sample_img2img`` close ``job`` when they raise (the
+        WebUI's own interrupt is caught inside them) and hand their latent to
+        ``after()``, before the WebUI blends the inpainting mask and decodes."""
+        state = self.state(job)
+        if sampler in state.watched:
+            return
+        state.watched.add(sampler)
+        jobs = self.jobs
+        patches = PatchSet()
+
+        def call(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+            try:
+                samples = inner(*args, **kwargs)
+                then = after()
+                return samples if then is None else then(samples, sampler)
+            except Exception:
+                if jobs is not None:
+                    jobs.close(job)
+                else:
+                    job.close()
+                raise
+
+        patches.wrap_method(sampler, "sample_img2img", call)
+        patches.wrap_method(sampler, "sample", call)
+        job.track(patches)
+
+    # -------------------------------------------------------------- names, checks
     def sampler_names(self) -> list[str]:
         from modules import sd_samplers
         return [s.name for s in sd_samplers.visible_samplers()]
@@ -85,16 +211,92 @@ class WebUIFamilyHost:
         from modules import sd_schedulers
         return [s.label for s in sd_schedulers.schedulers]
 
-    def name_error(self, values: Mapping[str, Any]) -> Optional[str]:
-        """An unknown resample sampler or schedule type, said with the names there are."""
+    def resolve_names(self, values: Mapping[str, Any]) -> dict:
+        """The host's own look-ups: a sampler by name or alias in any case, a schedule
+        type by label, name or alias, and the old "<sampler> <schedule type>" names."""
+        from modules import sd_samplers, sd_schedulers
+        out = dict(values)
         if not group_enabled(values, "resample"):
+            return out
+        schedulers = list(sd_schedulers.schedulers)
+
+        def scheduler_of(name: str) -> Optional[str]:
+            for s in schedulers:
+                options = [s.label, s.name, *(getattr(s, "aliases", None) or [])]
+                if name.lower() in (o.lower() for o in options):
+                    return s.label
             return None
-        for key, names in (("resample_sampler", self.sampler_names),
-                           ("resample_scheduler", self.scheduler_names)):
-            known = names()
-            if values[key] != SAME and values[key] not in known:
-                return f"{key} {values[key]!r} is not one of: {', '.join([SAME] + known)}"
+
+        def sampler_of(name: str) -> Optional[str]:
+            return sd_samplers.samplers_map.get(name.lower()) if name else None
+
+        sampler, scheduler = out["resample_sampler"], out["resample_scheduler"]
+        if sampler != SAME and sampler_of(sampler) is None:
+            for s in schedulers:          # "DPM++ 2M Karras": a sampler and a schedule type
+                for option in [s.label, s.name, *(getattr(s, "aliases", None) or [])]:
+                    head = sampler[:-len(option) - 1]
+                    if sampler.lower().endswith(" " + option.lower()) and sampler_of(head):
+                        sampler = head
+                        if scheduler == SAME:
+                            scheduler = s.label
+                        break
+                if sampler_of(sampler):
+                    break
+        if sampler != SAME:
+            if sampler_of(sampler) is None:
+                raise ParamError(f"resample_sampler {values['resample_sampler']!r} is not one of: "
+                                 f"{', '.join([SAME] + self.sampler_names())}")
+            out["resample_sampler"] = sampler_of(sampler)
+        if scheduler != SAME:
+            if scheduler_of(scheduler) is None:
+                raise ParamError(f"resample_scheduler {values['resample_scheduler']!r} is not one "
+                                 f"of: {', '.join([SAME] + self.scheduler_names())}")
+            out["resample_scheduler"] = scheduler_of(scheduler)
+        return out
+
+    def name_error(self, values: Mapping[str, Any]) -> Optional[str]:
+        """``resolve_names`` as a message (for the API check), or None."""
+        try:
+            self.resolve_names(values)
+        except ParamError as e:
+            return str(e)
         return None
+
+    def settings_error(self, values: Mapping[str, Any], main_steps: Optional[int]) -> Optional[str]:
+        """UniPC runs at least its order in steps (Settings: "UniPC order"): a resample
+        with fewer steps cannot run, which is said before any work starts."""
+        if not group_enabled(values, "resample") or main_steps is None:
+            return None
+        from modules import shared
+        try:
+            values = self.resolve_names(values)
+        except ParamError as e:
+            return str(e)
+        sampler = values["resample_sampler"]
+        if sampler == SAME or "unipc" not in sampler.lower():
+            return None
+        steps = int(values["resample_steps"] or main_steps)
+        n = steps_to_run(steps, float(values["resample_denoise"]))
+        order = int(getattr(shared.opts, "uni_pc_order", 3))
+        if 0 < n < order:
+            return (f"resample_sampler UniPC needs at least {order} steps (its order, set in "
+                    f"Settings), but the resample runs {n} ({steps} steps at denoise "
+                    f"{values['resample_denoise']}): raise the steps or the denoise, or choose "
+                    "another sampler")
+        return None
+
+    # ------------------------------------------------------------ other extensions
+    def other_tilers(self, p: Any, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        found = []
+        if group_enabled(values, "resample"):
+            for title, label in OTHER_LATENT_TILERS:
+                for _, args in _script_args(p, [title]):
+                    if args and args[0] is True:
+                        found.append((label, "resample"))
+        return found
+
+    def control_units(self, p: Any) -> int:
+        return sum(1 for _, args in _script_args(p, CONTROLNET_TITLES) for unit in args if _is_on(unit))
 
     # ------------------------------------------------------------ progress and interrupt
     @staticmethod
@@ -106,6 +308,20 @@ class WebUIFamilyHost:
     def show_tiles(done: int, total: int) -> None:
         from modules import shared
         shared.state.textinfo = f"{STATE_TEXT}: tile {done}/{total}"
+
+    @staticmethod
+    def add_progress_jobs(n: int) -> None:
+        from modules import shared
+        if n > 0 and shared.state.job_count > 0:
+            shared.state.job_count += n
+
+    @staticmethod
+    def next_progress_job() -> None:
+        from modules import shared
+        shared.state.nextjob()
+
+    def sampler_runs(self, plan: TilePlan, latent_hw: Sequence[int]) -> int:
+        return sampler_runs(plan, int(latent_hw[0]), int(latent_hw[1]))
 
     @staticmethod
     def interrupted_exception() -> type:
@@ -129,93 +345,68 @@ class WebUIFamilyHost:
         return wrapped
 
     # ------------------------------------------------------------- denoiser wrapping
-    def _wrap_denoiser(self, p: Any, sampler: Any, wrap: Wrap, patches: PatchSet) -> None:
+    def wrap_sampling(self, p: Any, job: Job, sampler: Any,
+                      wrap: Callable[[], Optional[Wrap]]) -> PatchSet:
         raise NotImplementedError
 
-    def wrap_sampling(self, p: Any, sampler: Any, wrap: Wrap) -> PatchSet:
-        """Tile every denoiser call of ``sampler`` (the 'during' setting)."""
-        patches = PatchSet()
-        self._wrap_denoiser(p, sampler, self.host_denoiser(wrap), patches)
-        return patches
-
-    # -------------------------------------------------------- intercept the last pass
-    def after_sampling(self, sampler: Any, after: Callable[[torch.Tensor, dict], torch.Tensor]) -> PatchSet:
-        """Make ``sampler.sample`` / ``sample_img2img`` hand their result to ``after``
-        (with the call's conditioning) before the WebUI decodes or blends it."""
-        patches = PatchSet()
-
-        def img2img(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-            samples = inner(*args, **kwargs)
-            names = ("p", "x", "noise", "conditioning", "unconditional_conditioning", "steps",
-                     "image_conditioning")
-            call = dict(zip(names, args), **kwargs)
-            return after(samples, call)
-
-        def txt2img(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-            samples = inner(*args, **kwargs)
-            names = ("p", "x", "conditioning", "unconditional_conditioning", "steps",
-                     "image_conditioning")
-            call = dict(zip(names, args), **kwargs)
-            return after(samples, call)
-
-        patches.wrap_method(sampler, "sample_img2img", img2img)
-        patches.wrap_method(sampler, "sample", txt2img)
-        return patches
-
     # ---------------------------------------------------------------- the after pass
-    def resample_after(self, p: Any, samples: torch.Tensor, call: dict, plan: TilePlan,
-                       values: dict, seeds: Sequence[int]) -> torch.Tensor:
-        """Run the resample pass over ``samples`` with the host's sampler. An interrupt
-        between tiles leaves ``samples`` as they were."""
+    def resample_after(self, p: Any, job: Job, samples: torch.Tensor, sampler: Any,
+                       plan: TilePlan, values: Mapping[str, Any],
+                       seeds: Sequence[int]) -> torch.Tensor:
+        """Run the resample pass over ``samples``, the latent ``sampler`` returned, with
+        the conditioning the sampler holds now (after a refiner switch, the refiner's) and
+        the model loaded now. An interrupt leaves ``samples`` as they were. Exactly the
+        seed node's steps run, whatever the WebUI's img2img step settings."""
         from modules import sd_samplers
 
-        sampler_name = values["resample_sampler"]
-        if sampler_name == SAME:
-            sampler_name = (getattr(p, "hr_sampler_name", None) if getattr(p, "is_hr_pass", False)
-                            else None) or p.sampler_name
-        scheduler = values["resample_scheduler"]
-        if scheduler == SAME:
-            scheduler = (getattr(p, "hr_scheduler", None) if getattr(p, "is_hr_pass", False)
-                         else None) or getattr(p, "scheduler", None) or "Automatic"
-        cfg = values["resample_cfg"] or (getattr(p, "hr_cfg", None) if getattr(p, "is_hr_pass", False)
-                                         else None) or p.cfg_scale
-        c, uc = call.get("conditioning"), call.get("unconditional_conditioning")
-        image_cond = call.get("image_conditioning")
+        sampler_name, scheduler, cfg = self._pass_settings(p, values)
+        extra = getattr(sampler, "sampler_extra_args", None) or {}
+        c, uc, image_cond = extra.get("cond"), extra.get("uncond"), extra.get("image_cond")
         rows = samples.shape[0]
         latent_hw = tuple(samples.shape[-2:])
         saved_infotext = dict(p.extra_generation_params)
-        settings = dict(steps=plan.steps, cfg_scale=cfg, denoising_strength=plan.denoise,
-                        sampler_name=sampler_name, scheduler=scheduler, hr_scheduler=scheduler,
-                        hr_cfg=cfg)
+        planned_runs = self.sampler_runs(plan, latent_hw)
+        runs = [0]
+        settings = dict(cfg_scale=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                        hr_scheduler=scheduler, hr_cfg=cfg, steps=plan.steps)
+
+        def run_sampler(latent: torch.Tensor, noise: torch.Tensor, row_seeds: Sequence[int],
+                        cond: Any, uncond: Any, image: Any, wrap: Optional[Wrap],
+                        **more: Any) -> torch.Tensor:
+            new = sd_samplers.create_sampler(sampler_name, p.sd_model)
+            timesteps = hasattr(new, "get_timesteps")
+            steps_arg, strength = img2img_steps(plan.steps, plan.denoise, timesteps)
+            wrapped = self.wrap_sampling(p, job, new, lambda: wrap) if wrap is not None else None
+            rng = RowSeedsRNG(latent.shape[1:], [derive_seed(s, NOISE_PURPOSE) for s in row_seeds],
+                              latent.device)
+            sde_seeds = [derive_seed(s, SDE_PURPOSE) for s in row_seeds]
+            runs[0] += 1
+            job.count_run()
+            self.next_progress_job()
+            try:
+                with overridden(p, rng=rng, denoising_strength=strength, all_seeds=sde_seeds,
+                                iteration=0, batch_size=len(sde_seeds), **settings, **more):
+                    return new.sample_img2img(p, latent, noise, cond, uncond, steps=steps_arg,
+                                              image_conditioning=image)
+            finally:
+                if wrapped is not None:
+                    wrapped.restore()
 
         def sample_whole(latent: torch.Tensor, noise: torch.Tensor, wrap: Wrap) -> torch.Tensor:
-            sampler = sd_samplers.create_sampler(sampler_name, p.sd_model)
-            patches = self.wrap_sampling(p, sampler, wrap)
-            rng = TileRowsRNG(latent.shape[1:], [s + 1 for s in seeds[:rows]] or [plan.seed],
-                              latent.device)
-            try:
-                with overridden(p, rng=rng, **settings):
-                    return sampler.sample_img2img(p, latent, noise, c, uc,
-                                                  image_conditioning=image_cond)
-            finally:
-                patches.restore()
+            return run_sampler(latent, noise, seeds[:rows], c, uc, image_cond, wrap)
 
         def sample_tiles(latents: torch.Tensor, noises: torch.Tensor, tiles: Sequence[Tile]) -> torch.Tensor:
-            sampler = sd_samplers.create_sampler(sampler_name, p.sd_model)
-            k = len(tiles)
-            tile_seeds = [plan.seed + 7919 * (1 + _tile_index(tile, latent_hw)) + r
-                          for tile in tiles for r in range(rows)]
-            rng = TileRowsRNG(latents.shape[1:], tile_seeds, latents.device)
             masks = {}
             for attr in ("mask", "nmask"):
                 full = _full_mask(getattr(p, attr, None), rows)
                 if isinstance(full, torch.Tensor) and tuple(full.shape[-2:]) == latent_hw:
                     masks[attr] = stack_tiles(full, tiles)
             tile_cond = crop_cond(image_cond, tiles, latent_hw, rows) if image_cond is not None else None
-            with overridden(p, rng=rng, **settings, **masks):
-                return sampler.sample_img2img(p, latents, noises, _repeat_conds(c, k),
-                                              _repeat_conds(uc, k), image_conditioning=tile_cond)
+            k = len(tiles)
+            return run_sampler(latents, noises, tile_seeds(seeds[:rows], tiles, latent_hw, TILE_NOISE_PURPOSE),
+                               _repeat_conds(c, k), _repeat_conds(uc, k), tile_cond, None, **masks)
 
+        previous_stage, job.stage = job.stage, RESAMPLE_STAGE
         try:
             out = run_resample(samples, plan, seeds, sample_whole, sample_tiles,
                                on_tile=self.show_tiles, should_stop=self.should_stop)
@@ -224,14 +415,27 @@ class WebUIFamilyHost:
                   "keeping the latent as it was before the resample")
             out = samples
         finally:
+            job.stage = previous_stage
             p.extra_generation_params.clear()
             p.extra_generation_params.update(saved_infotext)
+            for _ in range(planned_runs - runs[0]):   # runs skipped: keep the bar's total true
+                self.next_progress_job()
         return out
 
-
-def _tile_index(tile: Tile, latent_hw: Sequence[int]) -> int:
-    """A number for a tile that depends only on its place, for its noise seed."""
-    return tile.y * int(latent_hw[1]) + tile.x
+    @staticmethod
+    def _pass_settings(p: Any, values: Mapping[str, Any]) -> tuple[str, str, float]:
+        """The resample's sampler, schedule type and CFG, "same as main" resolved against
+        the pass it follows (the hires pass's own settings after a hires pass)."""
+        hr = bool(getattr(p, "is_hr_pass", False))
+        sampler_name = values["resample_sampler"]
+        if sampler_name == SAME:
+            sampler_name = (getattr(p, "hr_sampler_name", None) if hr else None) or p.sampler_name
+        scheduler = values["resample_scheduler"]
+        if scheduler == SAME:
+            scheduler = (getattr(p, "hr_scheduler", None) if hr else None) \
+                or getattr(p, "scheduler", None) or "Automatic"
+        cfg = values["resample_cfg"] or (getattr(p, "hr_cfg", None) if hr else None) or p.cfg_scale
+        return sampler_name, scheduler, float(cfg)
 
 
 def _repeat_conds(cond: Any, k: int) -> Any:

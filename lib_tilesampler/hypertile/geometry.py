@@ -2,8 +2,8 @@
 
 HyperTile (tfernd, 2023) splits the tokens of a U-Net self-attention layer into
 ``nh x nw`` rectangular windows and attends inside each window only, which cuts the
-quadratic attention cost by ``nh * nw``. The window counts are drawn at every call among
-the ``swap_size`` largest admissible counts so that window borders move between calls.
+quadratic attention cost by ``nh * nw``. The window counts are drawn among the ``swap_size``
+largest admissible counts so that window borders move between steps.
 
 Two things here differ from the published implementations:
 
@@ -133,27 +133,69 @@ class HyperTileStats:
                 f"{self.unknown_shape} not matched to a level")
 
 
+def step_key(t: Optional[object]) -> Optional[float]:
+    """What identifies a sampling step in a U-Net call: the largest timestep or sigma of
+    its rows, rounded to 4 decimals (cond and uncond rows of one step share it, however
+    the host splits them into calls). ``None`` when the call carries no step."""
+    if t is None:
+        return None
+    if isinstance(t, torch.Tensor):
+        if t.numel() == 0:
+            return None
+        t = t.max()
+    try:
+        return round(float(t), 4)
+    except (TypeError, ValueError):
+        return None
+
+
 class HyperTilePlanner:
     """Decides the windows of each self-attention call of one sampling pass.
 
-    ``latent_hw`` is set at U-Net entry (``observe_latent``); ``plan(tokens)`` then
-    returns the windows for a layer with that many tokens, or None to leave it whole.
-    The RNG is private and seeded from the generation seed, so the same seed gives
-    the same windows and nothing else in the process is reseeded.
+    ``observe_call`` records, at U-Net entry, the latent size and the step of the call;
+    ``plan(tokens)`` then returns the windows for a layer with that many tokens, or None
+    to leave it whole.
+
+    The window counts are drawn among the ``swap_size`` best ones by a private
+    ``random.Random`` seeded from ``(salt, step, depth, grid)`` alone, never from a
+    counter of calls: the same step of the same pass gets the same windows however many
+    U-Net calls the host makes (Forge splits cond and uncond into one or two calls
+    depending on free memory) and in whatever order, and every image of a batch gets the
+    windows it gets when generated alone. Borders still move from step to step and from
+    depth to depth, which is what the swap is for. ``salt`` tells passes apart (0 for the
+    first pass, 1 for the hires pass). Nothing else in the process is reseeded.
     """
 
-    def __init__(self, config: HyperTileConfig, seed: int = 0) -> None:
+    def __init__(self, config: HyperTileConfig, salt: int = 0) -> None:
         self.config = config
-        self.rng = random.Random(seed)
+        self.salt = int(salt)
         self.latent_hw: Optional[tuple[int, int]] = None
+        self.step: Optional[float] = None
         self.stats = HyperTileStats()
+        self._draws: dict[tuple, Windows] = {}
 
-    def observe_latent(self, shape: Sequence[int]) -> None:
-        """Record the spatial size of the latent the U-Net is called with."""
+    def observe_latent(self, shape: Sequence[int], t: Optional[object] = None) -> None:
+        """Record the spatial size of the latent the U-Net is called with, and its step
+        (the call's timesteps or sigmas, see ``step_key``)."""
         self.latent_hw = (int(shape[-2]), int(shape[-1]))
+        self.step = step_key(t)
 
-    def plan(self, tokens: int, latent_hw: Optional[Sequence[int]] = None) -> Optional[Windows]:
+    def draw(self, h: int, w: int, depth: int, step: Optional[float]) -> Windows:
+        """The windows of a ``h x w`` grid at ``depth`` for the step ``step``."""
+        key = (h, w, depth, step)
+        if key not in self._draws:
+            rng = random.Random(f"tilesampler-hypertile:{self.salt}:{step!r}:{depth}:{h}x{w}")
+            self._draws[key] = choose_windows(h, w, self.config.min_window(depth),
+                                              self.config.swap_size, rng)
+        return self._draws[key]
+
+    def plan(self, tokens: int, latent_hw: Optional[Sequence[int]] = None,
+             step: Optional[object] = None) -> Optional[Windows]:
+        """Windows for a self-attention call over ``tokens`` tokens. ``latent_hw`` and
+        ``step`` default to what ``observe_latent`` recorded; a ``step`` given here is a
+        raw timestep or sigma tensor (see ``step_key``)."""
         hw = latent_hw if latent_hw is not None else self.latent_hw
+        key = step_key(step) if step is not None else self.step
         if hw is None:
             self.stats.unknown_shape += 1
             return None
@@ -169,7 +211,7 @@ class HyperTilePlanner:
         if window_count_options(h, min_window, swap) == [1] == window_count_options(w, min_window, swap):
             self.stats.untiled_no_divisor += 1
             return None
-        win = choose_windows(h, w, min_window, swap, self.rng)
+        win = self.draw(h, w, depth, key)
         if win.count == 1:
             self.stats.whole_by_draw += 1
             return None
@@ -186,11 +228,13 @@ def tiled_attention(x: torch.Tensor, attention: Callable[[torch.Tensor], torch.T
     return merge_tokens(attention(split_tokens(x, win)), win)
 
 
-def vae_windows(h: int, w: int, config: HyperTileConfig, rng: random.Random) -> Windows:
+def vae_windows(h: int, w: int, config: HyperTileConfig) -> Windows:
     """Windows for a VAE mid-block attention on an ``h x w`` feature map.
 
     The VAE attends at latent resolution; windows are at least 128 px (16 latent cells)
-    wide, as small windows there visibly change colours.
+    wide, as small windows there visibly change colours. The draw depends on the grid
+    only, so every image of a batch is decoded as it would be alone.
     """
+    rng = random.Random(f"tilesampler-hypertile-vae:{h}x{w}")
     return choose_windows(h, w, max(16, config.tile_size // (2 * LATENT_FACTOR)),
                           config.swap_size, rng)

@@ -2,14 +2,15 @@
 
 * ``install_on_modules``: for a U-Net whose attention modules can be wrapped (A1111's
   ldm/sgm ``CrossAttention``, diffusers' ``Attention``): a forward pre-hook on the U-Net
-  records the latent size, and every ``attn1`` gets an instance forward wrapper.
+  records the latent size and the call's timesteps, and every ``attn1`` gets an instance
+  forward wrapper.
 * ``make_attn1_patches``: for a model patcher that calls ``attn1_patch(n, ctx, value,
   extra_options)`` before self-attention and ``attn1_output_patch(out, extra_options)``
-  after it (Forge's ``UnetPatcher``); ``extra_options["original_shape"]`` is the latent.
+  after it (Forge's ``UnetPatcher``); ``extra_options["original_shape"]`` is the latent
+  and ``extra_options["sigmas"]`` the call's sigmas.
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, Optional
 
 import torch
@@ -20,6 +21,7 @@ from ..module_patch import PatchSet, first_tensor_arg, replace_first_arg
 
 _X_NAMES = ("x", "hidden_states")
 _LATENT_NAMES = ("x", "sample")
+_STEP_NAMES = ("timesteps", "timestep", "t")
 
 
 def self_attention_modules(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -47,12 +49,12 @@ def _attn1_wrap(planner: HyperTilePlanner) -> Callable[..., Any]:
     return wrap
 
 
-def _vae_wrap(config: HyperTileConfig, rng: random.Random) -> Callable[..., Any]:
+def _vae_wrap(config: HyperTileConfig) -> Callable[..., Any]:
     def wrap(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         x = first_tensor_arg(args, kwargs, ("x",))
         if x is None or x.ndim != 4:
             return inner(*args, **kwargs)
-        win = vae_windows(x.shape[-2], x.shape[-1], config, rng)
+        win = vae_windows(x.shape[-2], x.shape[-1], config)
         if win.count == 1:
             return inner(*args, **kwargs)
         args, kwargs = replace_first_arg(args, kwargs, ("x",), split_image(x, win.nh, win.nw))
@@ -61,7 +63,7 @@ def _vae_wrap(config: HyperTileConfig, rng: random.Random) -> Callable[..., Any]
 
 
 def install_on_modules(unet: Optional[torch.nn.Module], planner: HyperTilePlanner,
-                       vae: Optional[torch.nn.Module] = None, seed: int = 0) -> PatchSet:
+                       vae: Optional[torch.nn.Module] = None) -> PatchSet:
     """Wrap every ``attn1`` of ``unet`` (when given) and the VAE mid attention (when
     ``vae`` is given). Returns the ``PatchSet`` whose ``restore()`` removes all of it.
     """
@@ -71,14 +73,16 @@ def install_on_modules(unet: Optional[torch.nn.Module], planner: HyperTilePlanne
             def record_latent(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
                 x = first_tensor_arg(args, kwargs, _LATENT_NAMES)
                 if x is not None and x.ndim == 4:
-                    planner.observe_latent(x.shape)
+                    t = args[1] if len(args) > 1 else next(
+                        (kwargs[k] for k in _STEP_NAMES if kwargs.get(k) is not None), None)
+                    planner.observe_latent(x.shape, t)
 
             patches.add_handle(unet.register_forward_pre_hook(record_latent, with_kwargs=True))
             wrap = _attn1_wrap(planner)
             for _, module in self_attention_modules(unet):
                 patches.wrap_forward(module, wrap)
         if vae is not None:
-            vae_wrap = _vae_wrap(planner.config, random.Random(seed + 1))
+            vae_wrap = _vae_wrap(planner.config)
             for _, module in vae_attention_modules(vae):
                 patches.wrap_forward(module, vae_wrap)
     except BaseException:
@@ -103,7 +107,7 @@ def make_attn1_patches(planner: HyperTilePlanner) -> tuple[Callable[..., Any], C
         same = all(t is None or t is n or t.shape == n.shape for t in (context, value))
         if shape is None or n.ndim != 3 or not same:
             return n, context, value
-        win = planner.plan(n.shape[1], (shape[-2], shape[-1]))
+        win = planner.plan(n.shape[1], (shape[-2], shape[-1]), extra_options.get("sigmas"))
         if win is None:
             return n, context, value
         pending[0] = win

@@ -70,6 +70,7 @@ def resample_independent(latent: torch.Tensor, noise: torch.Tensor, tiles: Seque
     if len(tiles) == 1 and tiles[0] == Tile(0, 0, height, width):
         check_stop(should_stop, 0, 1)
         out = sample_tiles(latent, noise, tiles)
+        check_stop(should_stop, 0, 1)
         if on_tile is not None:
             on_tile(1, 1)
         return out
@@ -83,6 +84,7 @@ def resample_independent(latent: torch.Tensor, noise: torch.Tensor, tiles: Seque
     for batch in batch_tiles(tiles, tile_batch):
         check_stop(should_stop, done, len(tiles))
         out = sample_tiles(stack_tiles(latent, batch), stack_tiles(noise, batch), batch)
+        check_stop(should_stop, done, len(tiles))   # the sampler may have stopped early
         for tile, rows in zip(batch, unstack_tiles(out, len(batch))):
             cells = tile.slices()
             w = weights[index[tile]].to(device=latent.device, dtype=dtype)

@@ -1,0 +1,167 @@
+"""One object per generation, and the stack of the generations in progress.
+
+Everything the extension changes in the host for a generation (patches on modules,
+samplers and patchers), what it has to say about it (notes for the infotext), and what
+it measured (U-Net evaluations per stage) lives in that generation's ``Job``. Nothing is
+stored on the host's shared objects: a generation started from inside another one (an
+extension calling ``process_images`` on a copy of ``p``, the X/Y/Z plot's cells) gets a
+``Job`` of its own, and closing it never touches the outer job's patches.
+
+``JobStack`` holds the open jobs, outermost first. Closing a job also closes the jobs
+opened after it (the nested ones that did not close themselves, e.g. after an
+exception), and ``close_stale(key)`` closes jobs left open by a top-level generation
+that ended without telling us (an exception the host swallowed before our hooks ran).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+from .module_patch import PatchSet
+
+
+@dataclass
+class StageCount:
+    """What ran in one stage of a job: sampler runs and denoiser evaluations."""
+
+    runs: int = 0
+    evaluations: int = 0
+    seconds: float = 0.0
+
+
+class Job:
+    """The state of one generation: its options, its patches, its notes, its counts."""
+
+    def __init__(self, values: dict, key: Any = None, label: str = "") -> None:
+        self.values = values
+        self.key = key                      # the top-level generation it belongs to
+        self.label = label
+        self.notes: list[str] = []
+        self.stages: dict[str, StageCount] = {}
+        self.stage = "main"
+        self.host: Any = None               # the host adapter's per-job state
+        self.script: Any = None             # the script's per-job state
+        self.closed = False
+        self.started = time.perf_counter()
+        self._patches: list[PatchSet] = []
+        self._on_close: list[Callable[[], None]] = []
+
+    def track(self, patches: PatchSet) -> PatchSet:
+        """Undo ``patches`` when the job closes (newest first)."""
+        if self.closed:
+            patches.restore()
+        else:
+            self._patches.append(patches)
+        return patches
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` when the job closes (after its patches are undone)."""
+        self._on_close.append(fn)
+
+    def note(self, message: str) -> bool:
+        """Remember ``message`` for the infotext once; False when it was already there."""
+        if message in self.notes:
+            return False
+        self.notes.append(message)
+        return True
+
+    def count(self, evaluations: int = 1, stage: Optional[str] = None) -> None:
+        """Count denoiser evaluations of the current (or the given) stage."""
+        self.stages.setdefault(stage or self.stage, StageCount()).evaluations += evaluations
+
+    def count_run(self, stage: Optional[str] = None) -> None:
+        self.stages.setdefault(stage or self.stage, StageCount()).runs += 1
+
+    def close(self) -> None:
+        """Undo every patch of the job and run its close callbacks; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        errors = []
+        for patches in reversed(self._patches):
+            try:
+                patches.restore()
+            except Exception as e:  # keep restoring the rest
+                errors.append(e)
+        self._patches.clear()
+        for fn in self._on_close:
+            try:
+                fn()
+            except Exception as e:
+                errors.append(e)
+        self._on_close.clear()
+        if errors:
+            raise errors[0]
+
+    def summary(self) -> dict:
+        """What ran, for the console and the API: evaluations and runs per stage."""
+        return {"label": self.label, "closed": self.closed,
+                "seconds": round(time.perf_counter() - self.started, 3),
+                "stages": {name: {"runs": s.runs, "evaluations": s.evaluations}
+                           for name, s in self.stages.items()},
+                "notes": list(self.notes)}
+
+
+@dataclass
+class JobStack:
+    """The jobs in progress, outermost first."""
+
+    jobs: list[Job] = field(default_factory=list)
+    last_closed: Optional[Job] = None
+    on_empty: list[Callable[[], None]] = field(default_factory=list)
+
+    def open(self, job: Job) -> Job:
+        self.jobs.append(job)
+        return job
+
+    def current(self) -> Optional[Job]:
+        """The innermost open job (the one sampling now), or None."""
+        return self.jobs[-1] if self.jobs else None
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(list(self.jobs))
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def close(self, job: Job) -> None:
+        """Close ``job`` and every job opened after it; a job not in the stack is closed
+        on its own."""
+        if job not in self.jobs:
+            job.close()
+            return
+        index = self.jobs.index(job)
+        doomed = self.jobs[index:]
+        del self.jobs[index:]
+        self._close_all(doomed)
+
+    def close_all(self) -> None:
+        doomed, self.jobs = self.jobs, []
+        self._close_all(doomed)
+
+    def close_stale(self, key: Any) -> int:
+        """Close the jobs of top-level generations other than ``key``; how many."""
+        stale = [j for j in self.jobs if j.key != key]
+        self.jobs = [j for j in self.jobs if j.key == key]
+        self._close_all(stale)
+        return len(stale)
+
+    def _close_all(self, doomed: list[Job]) -> None:
+        errors = []
+        for j in reversed(doomed):
+            try:
+                j.close()
+            except Exception as e:
+                errors.append(e)
+        if doomed:
+            self.last_closed = doomed[0]
+        if not self.jobs:
+            for fn in list(self.on_empty):
+                fn()
+        if errors:
+            raise errors[0]
+
+
+JOBS = JobStack()
+"""The open jobs of this WebUI process (shared by the extension's scripts)."""
