@@ -1,7 +1,10 @@
-"""Mask-grid variation batch: masks from every accepted input."""
+"""Mask-grid variation batch: cell geometry, masks from every accepted input, per-cell masks,
+feather, latent masks and the pixel-space fork (bitwise source outside each cell)."""
 import base64
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -9,7 +12,33 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_tilesampler.tools.mask_input import MAX_MASK_PIXELS, MAX_MASK_SIDE, MaskGridError, load_mask
+from lib_tilesampler.tools.mask_grid import (CellGrid, MaskGridError, border_ramp, cell_geometry, cell_masks,
+                                             feather, fit_mask_to_cell, grid_mask, latent_masks)
+from lib_tilesampler.tools.mask_input import MAX_MASK_PIXELS, MAX_MASK_SIDE, load_mask
+
+# (width, height, rows, columns): the default 1x3, odd aspect ratios, 3x3, 1x1
+GRIDS = [(768, 512, 2, 3), (768, 512, 1, 3), (768, 768, 3, 3), (512, 768, 1, 1),
+         (960, 640, 4, 5), (1216, 832, 2, 4), (64, 48, 3, 8)]
+
+
+def soft_mask(height: int, width: int) -> torch.Tensor:
+    """A mask with all three kinds of value: 1 (a disc), 0 (the corners), and a ramp."""
+    y = torch.linspace(-1, 1, height)[:, None]
+    x = torch.linspace(-1, 1, width)[None, :]
+    r = (x ** 2 + y ** 2).sqrt()
+    return ((1.2 - r) / 0.5).clamp(0, 1)
+
+
+def soft_cell_mask(grid: CellGrid) -> torch.Tensor:
+    return soft_mask(grid.cell_h, grid.cell_w)
+
+
+def outside(grid: CellGrid, i: int) -> torch.Tensor:
+    """True outside cell ``i`` (built from its origin, not from the masks)."""
+    keep = torch.ones(grid.height, grid.width, dtype=torch.bool)
+    y, x = grid.origin(i)
+    keep[y:y + grid.cell_h, x:x + grid.cell_w] = False
+    return keep
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -25,6 +54,110 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 10)))
+
+
+# --- geometry -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width,height,rows,columns", GRIDS)
+def test_cells_tile_the_image_once_in_row_major_order_with_whole_latent_cells(width, height, rows, columns):
+    grid = cell_geometry(width, height, rows, columns)
+    assert (grid.cell_w * columns, grid.cell_h * rows) == (width, height)
+    assert grid.latent_cell == (grid.cell_h // 8, grid.cell_w // 8)
+    assert grid.cell_h % 8 == 0 and grid.cell_w % 8 == 0 and grid.count == rows * columns
+    cover = torch.zeros(height, width, dtype=torch.int64)
+    for i in range(grid.count):
+        cover[grid.slices(i)] += 1
+        assert grid.origin(i) == ((i // columns) * grid.cell_h, (i % columns) * grid.cell_w)
+    assert (cover == 1).all()
+
+
+def test_768x512_in_2x3_gives_256_px_cells_and_the_default_is_one_row_of_three():
+    grid = cell_geometry(768, 512, 2, 3)
+    assert (grid.cell_w, grid.cell_h, grid.latent_cell) == (256, 256, (32, 32))
+    assert grid.origin(4) == (256, 256) and grid.origin(2) == (0, 512)
+    default = cell_geometry(768, 512)
+    assert (default.rows, default.columns, default.cell_w, default.cell_h) == (1, 3, 256, 512)
+    assert cell_geometry(768, 512, 2.0, 3.0) == grid          # UI sliders send floats
+
+
+@pytest.mark.parametrize("args,message", [
+    ((768, 512, 0, 3), "rows must be from 1 to 16, not 0"),
+    ((768, 512, 2, 17), "columns must be from 1 to 16, not 17"),
+    ((768, 512, 2.5, 3), "rows must be a whole number"),
+    ((768, 512, True, 3), "rows must be a whole number"),
+    ((768, 512, float("nan"), 3), "rows must be a whole number"),
+    ((768, 512, 1, 5), "width of 768 px does not split into 5 columns of whole latent cells"),
+    ((768, 512, 3, 1), "height of 512 px does not split into 3 rows"),
+    ((100, 512, 1, 1), "make the width a multiple of 8 px"),
+    ((0, 512, 1, 1), "width must be from 8 to 16384 px"),
+    ((768, 20000, 1, 1), "height must be from 8 to 16384 px"),
+])
+def test_bad_grids_are_refused_with_a_sentence_for_the_user(args, message):
+    with pytest.raises(MaskGridError, match=message) as error:
+        cell_geometry(*args)
+    assert isinstance(error.value, ValueError) and str(error.value).startswith("Mask grid: ")
+
+
+def test_a_width_that_does_not_split_names_the_column_counts_that_do():
+    with pytest.raises(MaskGridError, match=r"768 / 5 = 153\.6 px\); columns that fit: 1, 2, 3, 4, 6, 8, 12, 16"):
+        cell_geometry(768, 512, 1, 5)
+
+
+# --- grid and per-cell masks ----------------------------------------------------------------
+
+@pytest.mark.parametrize("width,height,rows,columns", GRIDS)
+def test_grid_mask_is_the_cell_mask_tiled_rows_by_columns(width, height, rows, columns):
+    grid = cell_geometry(width, height, rows, columns)
+    cell = torch.rand(grid.cell_h, grid.cell_w, generator=torch.Generator().manual_seed(1))
+    whole = grid_mask(cell, grid)
+    assert torch.equal(whole, torch.tile(cell, (rows, columns)))
+    for i in range(grid.count):
+        assert torch.equal(whole[grid.slices(i)], cell)
+
+
+@pytest.mark.parametrize("width,height,rows,columns", GRIDS)
+def test_cell_masks_are_disjoint_row_major_and_sum_to_the_grid_mask(width, height, rows, columns):
+    grid = cell_geometry(width, height, rows, columns)
+    cell = torch.rand(grid.cell_h, grid.cell_w, generator=torch.Generator().manual_seed(2)) + 0.01
+    masks = cell_masks(cell, grid)
+    assert masks.shape == (rows * columns, height, width)
+    assert ((masks > 0).sum(0) == 1).all()                    # every pixel in exactly one mask
+    assert torch.equal(masks.sum(0), grid_mask(cell, grid))
+    keep = torch.stack([outside(grid, i) for i in range(grid.count)])
+    assert ((masks == 0) | ~keep).all()                       # zero outside its own cell
+    for i in range(grid.count):
+        assert torch.equal(masks[i][grid.slices(i)], cell)
+
+
+def test_a_cell_mask_of_the_wrong_size_is_refused_until_fitted():
+    grid = cell_geometry(768, 512, 2, 3)
+    with pytest.raises(ValueError, match="fit_mask_to_cell first"):
+        grid_mask(torch.ones(100, 100), grid)
+
+
+# --- resizing to the cell -------------------------------------------------------------------
+
+def test_a_mask_of_the_cell_size_is_kept_and_another_size_is_resized_and_flagged():
+    grid = cell_geometry(768, 512, 2, 3)
+    exact = torch.rand(256, 256)
+    kept, resized = fit_mask_to_cell(exact, grid)
+    assert kept is exact and resized is False
+    wide = torch.zeros(200, 300)
+    wide[:, :150] = 1
+    fitted, resized = fit_mask_to_cell(wide, grid)
+    assert resized is True and fitted.shape == (256, 256) and fitted.dtype == torch.float32
+    assert 0 <= fitted.min() and fitted.max() <= 1
+    assert torch.allclose(fitted[:, :120], torch.ones(256, 120)) and (fitted[:, 136:] == 0).all()  # left half white
+    ones, _ = fit_mask_to_cell(torch.ones(37, 1000), cell_geometry(768, 512, 1, 3))
+    assert ones.shape == (512, 256) and torch.allclose(ones, torch.ones_like(ones))
+
+
+def test_shrinking_keeps_a_one_pixel_stroke_visible():
+    grid = cell_geometry(768, 768, 3, 3)                      # cells of 256 px
+    stroke = torch.zeros(1024, 1024)
+    stroke[:, 501] = 1                                        # 1 px wide, 4x too fine for the cell
+    fitted, _ = fit_mask_to_cell(stroke, grid)
+    assert fitted.max(dim=1).values.min() > 0.2               # present on every row, softened
 
 
 # --- mask inputs ----------------------------------------------------------------------------
@@ -119,3 +252,64 @@ def test_bad_strings_are_refused_before_anything_large_is_decoded(text, message)
 def test_other_objects_are_not_masks():
     with pytest.raises(MaskGridError, match="not list"):
         load_mask([[0, 1], [1, 0]])
+
+
+# --- feather --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("radius", [0, 1, 8, 31])
+def test_feather_ramps_down_inside_each_cell_and_never_outside(radius):
+    grid = cell_geometry(768, 512, 2, 3)
+    ramp = border_ramp(grid, radius)
+    ones = feather(torch.ones(grid.cell_h, grid.cell_w), grid, radius)
+    assert torch.equal(ones, ramp) and (ramp > 0).all() and (ramp <= 1).all()
+    assert (ramp[radius:grid.cell_h - radius, radius:grid.cell_w - radius] == 1).all()
+    if radius:
+        assert (ramp[0] < 1).all() and (ramp[:, -1] < 1).all()
+        assert (ramp[:radius + 1, 128].diff() > 0).all()                 # rising from the edge
+    cell = soft_cell_mask(grid)
+    full = feather(cell_masks(cell, grid), grid, radius)                 # on full-size masks
+    assert torch.equal(full, cell_masks(feather(cell, grid, radius), grid))
+    assert (full <= cell_masks(cell, grid)).all()
+    for i in range(grid.count):
+        assert (full[i][outside(grid, i)] == 0).all()
+
+
+def test_a_feather_wider_than_half_a_cell_is_refused():
+    grid = cell_geometry(64, 48, 3, 8)                                    # cells of 8 x 16 px
+    border_ramp(grid, 3)
+    with pytest.raises(MaskGridError, match="feather of 4 px does not fit cells of 8×16 px; use 0 to 3"):
+        border_ramp(grid, 4)
+
+
+# --- latent masks ---------------------------------------------------------------------------
+
+def test_latent_masks_take_the_most_regenerated_pixel_of_each_8x8_block():
+    grid = cell_geometry(768, 512, 2, 3)
+    cell = torch.zeros(256, 256)
+    cell[100, 37] = 0.25                                                 # one pixel, latent (12, 4)
+    cell[200:208, 200:208] = 1
+    latent = latent_masks(cell_masks(cell, grid))
+    assert latent.shape == (6, 1, 64, 96)
+    first = latent[0, 0]
+    assert first[12, 4] == 0.25 and first[25, 25] == 1 and first.count_nonzero() == 2
+    assert latent_masks(cell).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("width,height,rows,columns", GRIDS)
+def test_latent_masks_of_different_cells_never_overlap(width, height, rows, columns):
+    grid = cell_geometry(width, height, rows, columns)
+    latent = latent_masks(cell_masks(torch.ones(grid.cell_h, grid.cell_w), grid))
+    assert torch.equal(latent.sum(0)[0], torch.ones(height // 8, width // 8))
+
+
+def test_latent_masks_refuse_sizes_that_are_not_whole_latent_cells():
+    with pytest.raises(ValueError, match="8 px cells"):
+        latent_masks(torch.ones(2, 20, 16))
+
+
+def test_the_core_imports_no_webui_module():
+    code = ("import sys, lib_tilesampler.tools.mask_grid; "
+            "print(sorted(m for m in ('modules', 'gradio', 'ldm', 'backend') if m in sys.modules))")
+    root = __file__.rsplit("/tests/", 1)[0]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip() == "[]"
