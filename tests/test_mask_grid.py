@@ -10,10 +10,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 from PIL import Image
 
-from lib_tilesampler.tools.mask_grid import (CellGrid, MaskGridError, border_ramp, cell_geometry, cell_masks,
-                                             feather, fit_mask_to_cell, grid_mask, latent_masks)
+from lib_tilesampler.tools.mask_grid import (MODES, CellGrid, MaskGridError, border_ramp, cell_geometry,
+                                             cell_label, cell_masks, cell_seeds, check_mode, chunk_cells,
+                                             feather, fit_mask_to_cell, fork_in_pixels,
+                                             fork_then_sample_batches, grid_mask, latent_masks)
 from lib_tilesampler.tools.mask_input import MAX_MASK_PIXELS, MAX_MASK_SIDE, load_mask
 
 # (width, height, rows, columns): the default 1x3, odd aspect ratios, 3x3, 1x1
@@ -31,6 +34,16 @@ def soft_mask(height: int, width: int) -> torch.Tensor:
 
 def soft_cell_mask(grid: CellGrid) -> torch.Tensor:
     return soft_mask(grid.cell_h, grid.cell_w)
+
+
+def images(grid: CellGrid, dtype=torch.uint8, seed=0, n=None):
+    g = torch.Generator().manual_seed(seed)
+    shape = (3, grid.height, grid.width) if n is None else (n, 3, grid.height, grid.width)
+    if dtype == torch.uint8:
+        src = torch.randint(0, 256, (3, grid.height, grid.width), generator=g, dtype=torch.uint8)
+        return src, torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    return (torch.rand(3, grid.height, grid.width, generator=g).to(dtype),
+            torch.rand(shape, generator=g).to(dtype))
 
 
 def outside(grid: CellGrid, i: int) -> torch.Tensor:
@@ -305,6 +318,119 @@ def test_latent_masks_of_different_cells_never_overlap(width, height, rows, colu
 def test_latent_masks_refuse_sizes_that_are_not_whole_latent_cells():
     with pytest.raises(ValueError, match="8 px cells"):
         latent_masks(torch.ones(2, 20, 16))
+
+
+# --- the pixel-space fork -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16])
+@pytest.mark.parametrize("width,height,rows,columns", [(768, 512, 2, 3), (768, 512, 1, 3),
+                                                       (768, 768, 3, 3), (512, 768, 1, 1)])
+@pytest.mark.parametrize("per_cell_samples", [False, True])
+def test_fork_is_the_source_outside_each_cell_and_the_sample_where_the_mask_is_one(
+        dtype, width, height, rows, columns, per_cell_samples):
+    grid = cell_geometry(width, height, rows, columns)
+    source, sampled = images(grid, dtype, n=grid.count if per_cell_samples else None)
+    masks = cell_masks(feather(soft_cell_mask(grid), grid, 12), grid)
+    out = fork_in_pixels(source, sampled, masks)
+    assert out.shape == (grid.count, 3, height, width) and out.dtype == dtype
+    mine = sampled if per_cell_samples else sampled.expand(grid.count, -1, -1, -1)
+    keep = torch.stack([outside(grid, i) for i in range(grid.count)])[:, None]
+    take, part = (masks == 1)[:, None], ((masks > 0) & (masks < 1))[:, None]
+    assert ((out == source) | ~keep).all()                              # bitwise, every output
+    assert take.flatten(1).any(1).all() and ((out == mine) | ~take).all()
+    between = (out >= torch.minimum(source, mine)) & (out <= torch.maximum(source, mine))
+    assert (between | ~part).all()
+
+
+def test_uint8_fork_rounds_the_float_blend_only_inside_the_soft_edge():
+    grid = cell_geometry(64, 48, 3, 8)
+    source, sampled = images(grid)
+    masks = cell_masks(soft_cell_mask(grid), grid)
+    out = fork_in_pixels(source, sampled, masks)
+    m = masks[:, None].numpy()
+    expected = np.rint(source.numpy().astype(np.float32) * (1 - m) + sampled.numpy().astype(np.float32) * m)
+    assert np.array_equal(out.numpy(), expected.astype(np.uint8))
+
+
+def test_nan_or_inf_in_the_sample_outside_a_cell_never_reaches_its_output():
+    grid = cell_geometry(768, 512, 1, 3)
+    source, sampled = images(grid, torch.float32)
+    sampled[:, :, 300:] = float("nan")                                   # cells 1 and 2
+    sampled[:, 0, 600] = float("inf")
+    out = fork_in_pixels(source, sampled, cell_masks(torch.ones(512, 256), grid))
+    assert torch.equal(out[0][:, :, 256:], source[:, :, 256:]) and not out[0].isnan().any()
+
+
+def test_the_whole_path_from_a_base64_mask_is_deterministic():
+    grid = cell_geometry(768, 512, 2, 3)
+    text = base64.b64encode(png_bytes(Image.fromarray(
+        (soft_mask(300, 600).numpy() * 255).astype(np.uint8)))).decode()
+
+    def run():
+        cell, resized = fit_mask_to_cell(load_mask(text), grid)
+        assert resized
+        source, sampled = images(grid)
+        return fork_in_pixels(source, sampled, cell_masks(feather(cell, grid, 16), grid))
+    assert torch.equal(run(), run())
+
+
+def test_fork_refuses_mismatched_inputs():
+    grid = cell_geometry(64, 48, 3, 8)
+    source, sampled = images(grid)
+    masks = cell_masks(torch.ones(grid.cell_h, grid.cell_w), grid)
+    with pytest.raises(ValueError, match="dtypes"):
+        fork_in_pixels(source, sampled.float(), masks)
+    with pytest.raises(ValueError, match="sampled images for"):
+        fork_in_pixels(source, sampled[None].expand(3, -1, -1, -1), masks)
+    with pytest.raises(ValueError, match="must be"):
+        fork_in_pixels(rearrange(source, "c h w -> h w c"), sampled, masks)
+
+
+# --- batches, labels, seeds, modes ----------------------------------------------------------
+
+@pytest.mark.parametrize("n,per_batch,sizes", [(6, 4, [4, 2]), (6, 1, [1] * 6), (6, 6, [6]),
+                                               (6, 10, [6]), (9, 4, [4, 4, 1]), (0, 3, [])])
+def test_chunks_cover_every_cell_once_in_order(n, per_batch, sizes):
+    chunks = chunk_cells(n, per_batch)
+    assert [len(c) for c in chunks] == sizes
+    assert [i for c in chunks for i in c] == list(range(n))
+
+
+def test_chunks_need_at_least_one_cell_per_batch():
+    with pytest.raises(MaskGridError, match="cells per batch must be at least 1, not 0"):
+        chunk_cells(6, 0)
+
+
+def test_fork_then_sample_batches_carry_their_cells_pixel_and_latent_masks():
+    grid = cell_geometry(768, 768, 3, 3)
+    masks = cell_masks(soft_cell_mask(grid), grid)
+    batches = fork_then_sample_batches(masks, 4)
+    assert [b.cells for b in batches] == [range(0, 4), range(4, 8), range(8, 9)]
+    assert torch.equal(torch.cat([b.masks for b in batches]), masks)
+    assert torch.equal(torch.cat([b.latent for b in batches]), latent_masks(masks))
+    assert batches[2].latent.shape == (1, 1, 96, 96)
+
+
+def test_labels_are_one_based_and_row_major():
+    grid = cell_geometry(768, 512, 2, 3)
+    assert [cell_label(i, grid) for i in range(6)] == [
+        "r1 c1 of 2×3", "r1 c2 of 2×3", "r1 c3 of 2×3", "r2 c1 of 2×3", "r2 c2 of 2×3", "r2 c3 of 2×3"]
+    assert cell_label(0, cell_geometry(512, 768, 1, 1)) == "r1 c1 of 1×1"
+    with pytest.raises(ValueError, match="not in a grid of 6 cells"):
+        cell_label(6, grid)
+
+
+def test_seeds_differ_per_cell_or_are_shared():
+    assert cell_seeds(4294967294, 3) == [4294967294, 4294967295, 4294967296]   # as the WebUI: no wrap
+    assert cell_seeds(7, 3, per_cell=False) == [7, 7, 7]
+    with pytest.raises(ValueError, match="resolve the seed"):
+        cell_seeds(-1, 3)
+
+
+def test_modes_are_the_nodes_two():
+    assert [check_mode(m) for m in MODES] == ["Sample then Fork", "Fork then Sample"]
+    with pytest.raises(MaskGridError, match="mode must be"):
+        check_mode("sample then fork")
 
 
 def test_the_core_imports_no_webui_module():

@@ -186,6 +186,97 @@ def latent_masks(masks: torch.Tensor, factor: int = LATENT_FACTOR) -> torch.Tens
     return F.max_pool2d(masks[:, None], kernel_size=factor, stride=factor)
 
 
+def fork_in_pixels(source: torch.Tensor, sampled: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """One output per mask: ``out_i = source (1 - m_i) + sampled_i m_i``, ``(N, C, H, W)``.
+
+    ``source`` is ``(C, H, W)``; ``sampled`` is ``(C, H, W)`` (Sample then Fork: one result for
+    all) or ``(N, C, H, W)`` (Fork then Sample: one per mask); ``masks`` is ``(N, H, W)``; both
+    images of one dtype. Exactness: where ``m_i == 0`` the output is a copy of ``source`` and
+    where ``m_i == 1`` of ``sampled_i`` (chosen with ``torch.where``, not computed), so no
+    rounding touches them. Integer images (uint8) are blended in float32, rounded and
+    clamped only where ``0 < m_i < 1``. Outputs are built one at a time (peak memory: the
+    output and one float32 image). Give ``source`` as the image the user sent in (for a
+    PIL image: ``rearrange(torch.from_numpy(np.asarray(img)), "h w c -> c h w")``), not its
+    VAE round trip, and convert ``sampled`` the same way, so outputs are bitwise the source
+    outside their cells.
+    """
+    _check_mask(masks, 3)
+    if source.ndim != 3 or sampled.shape[-3:] != source.shape or sampled.ndim not in (3, 4):
+        raise ValueError(f"source {tuple(source.shape)} and sampled {tuple(sampled.shape)} must be "
+                         "(C, H, W) and (C, H, W) or (N, C, H, W)")
+    if sampled.ndim == 4 and sampled.shape[0] != masks.shape[0]:
+        raise ValueError(f"{sampled.shape[0]} sampled images for {masks.shape[0]} masks")
+    if masks.shape[-2:] != source.shape[-2:] or sampled.dtype != source.dtype:
+        raise ValueError(f"masks {tuple(masks.shape)} / dtypes {source.dtype}, {sampled.dtype} do not "
+                         f"match the source {tuple(source.shape)}")
+    out = torch.empty((masks.shape[0], *source.shape), dtype=source.dtype, device=source.device)
+    for i, mask in enumerate(masks.to(source.device, torch.float32)):      # one float image at a time
+        out[i] = _blend(source, sampled[i] if sampled.ndim == 4 else sampled, mask)
+    return out
+
+
+def _blend(source: torch.Tensor, sampled: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    blend = source.to(torch.float32) * (1 - m) + sampled.to(torch.float32) * m
+    if source.is_floating_point():
+        blend = blend.to(source.dtype)
+    else:
+        info = torch.iinfo(source.dtype)
+        blend = blend.round_().clamp_(info.min, info.max).to(source.dtype)
+    return torch.where(m <= 0, source, torch.where(m >= 1, sampled, blend))
+
+
+def chunk_cells(n: int, per_batch: int) -> list[range]:
+    """Cell indices ``0 .. n-1`` in consecutive chunks of ``per_batch`` (the last may be
+    shorter): ``chunk_cells(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]``."""
+    n, per_batch = _whole(n, "cell count"), _whole(per_batch, "cells per batch")
+    if n < 0:
+        raise ValueError(f"a negative cell count: {n}")
+    if per_batch < 1:
+        raise MaskGridError(f"Mask grid: cells per batch must be at least 1, not {per_batch}.")
+    return [range(start, min(start + per_batch, n)) for start in range(0, n, per_batch)]
+
+
+@dataclass(frozen=True)
+class CellBatch:
+    """One sampling of Fork then Sample: its cells, their pixel masks ``(k, H, W)`` (for the
+    fork and a host's own inpainting) and latent masks ``(k, 1, H/8, W/8)``."""
+
+    cells: range
+    masks: torch.Tensor
+    latent: torch.Tensor
+
+
+def fork_then_sample_batches(masks: torch.Tensor, per_batch: int,
+                             factor: int = LATENT_FACTOR) -> list[CellBatch]:
+    """``cell_masks`` split into batches of ``per_batch`` images, each with its latent masks."""
+    _check_mask(masks, 3)
+    return [CellBatch(cells, masks[cells.start:cells.stop],
+                      latent_masks(masks[cells.start:cells.stop], factor))
+            for cells in chunk_cells(masks.shape[0], per_batch)]
+
+
+def cell_label(index: int, grid: CellGrid) -> str:
+    """The infotext label of cell ``index``, 1-based and row-major: ``"r2 c3 of 2×3"``."""
+    row, column = divmod(_checked_index(index, grid), grid.columns)
+    return f"r{row + 1} c{column + 1} of {grid.rows}×{grid.columns}"
+
+
+def cell_seeds(seed: int, n: int, per_cell: bool = True) -> list[int]:
+    """Seeds of ``n`` cells: ``seed + i`` (a different seed per cell, as the WebUI numbers
+    the images of a batch, without wrapping) or ``seed`` for all. ``seed`` is resolved (not -1)."""
+    seed = _whole(seed, "seed")
+    if seed < 0:
+        raise ValueError(f"resolve the seed before asking for cell seeds, not {seed}")
+    return [seed + i if per_cell else seed for i in range(_whole(n, "cell count"))]
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of ``MODES``."""
+    if mode not in MODES:
+        raise MaskGridError(f"Mask grid: mode must be {' or '.join(map(repr, MODES))}, not {mode!r}.")
+    return mode
+
+
 def _whole(value, name: str) -> int:
     """An int from an int or a whole float (UI sliders send floats)."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
