@@ -1,0 +1,1 @@
+"""The Script tab's tools: refine + upscale, mask grid."""
