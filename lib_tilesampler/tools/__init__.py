@@ -1,1 +1,2 @@
-"""The Script tab's tools, host-independent: the mask-grid variation batch (``mask_grid``, ``mask_input``)."""
+"""The Script tab's tools, host-independent: refine + upscale (``refine_upscale``, ``sigmas``)
+and the mask-grid variation batch (``mask_grid``, ``mask_input``)."""
