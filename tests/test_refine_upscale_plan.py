@@ -7,12 +7,11 @@ import torch
 
 from denoisers import ConvDenoiser, euler
 from lib_tilesampler.params import SAME, defaults
-from lib_tilesampler.tiling.independent import start_step
 from lib_tilesampler.tools.refine_upscale import (
     NO_REFINER, RefineUpscaleOptions, StageSettings, needs_sigma_control, plan_job,
     progress_total, sampler_error, tiler_runs, upscaled_size, upscaler_passes)
 from lib_tilesampler.tools.sigmas import (
-    base_sigmas, continue_sigmas, img2img_call_for_resample, img2img_call_for_sigmas,
+    base_sigmas, continue_sigmas, img2img_call_for_sigmas,
     refiner_sigmas, sigma_override)
 
 SIGMA_MIN, SIGMA_MAX = 0.0292, 14.6146   # SDXL's (scaled-linear betas 0.00085..0.012)
@@ -219,32 +218,6 @@ def test_img2img_call_for_sigmas_makes_the_host_slice_start_at_the_first_sigma()
         img2img_call_for_sigmas(999)
 
 
-DENOISES = [i / 100 for i in range(1, 101)] + [0.333, 0.666, 1 / 3, 0.125]
-
-
-def test_img2img_call_for_resample_runs_the_seed_nodes_steps_in_the_host():
-    for steps, denoise in ((s, d) for s in range(1, 151) for d in DENOISES):
-        start = start_step(steps, denoise)
-        n = steps - start
-        if n == 0:
-            continue
-        steps_arg, strength = img2img_call_for_resample(steps, denoise)
-        host_steps, t_enc = host_setup_img2img_steps(steps_arg, strength)
-        assert (host_steps, host_steps - t_enc - 1, t_enc + 1) == (steps, start, n)
-        if n == steps:
-            with pytest.raises(ValueError, match="timestep sampler"):
-                img2img_call_for_resample(steps, denoise, timestep_sampler=True)
-            continue
-        steps_arg, strength = img2img_call_for_resample(steps, denoise, timestep_sampler=True)
-        host_steps, t_enc = host_setup_img2img_steps(steps_arg, strength)
-        assert (host_steps, t_enc) == (steps, n)   # timesteps[:t_enc] of the S-step grid
-
-
-def test_img2img_call_for_resample_refuses_denoise_zero():
-    with pytest.raises(ValueError, match="no step"):
-        img2img_call_for_resample(30, 0.0)
-
-
 def test_stages_that_stop_early_or_continue_need_a_sampler_that_takes_sigmas():
     job = plan(base=StageSettings(30, 6.5, "DDIM", "Automatic"))
     assert needs_sigma_control(job.base) and needs_sigma_control(job.refiner)
@@ -296,7 +269,7 @@ def test_an_unknown_tiler_model_is_an_error():
 
 def test_every_stage_and_the_tiles_use_the_image_seed():
     job = plan(values=dict(defaults(), resample_seed=77))
-    assert {job.base.seed, job.refiner.seed, job.tiler.seed, job.tile_plan.seed, job.seed} == {SEED}
+    assert {job.base.seed, job.refiner.seed, job.tiler.seed, job.seed} == {SEED}
 
 
 def test_the_tiler_runs_the_seed_nodes_steps_at_tiler_denoise():

@@ -136,7 +136,8 @@ def img2img_steps(steps: int, denoise: float, timesteps: bool = False) -> tuple[
     k-diffusion samplers (``t_enc = k - 1``, slice from ``len - t_enc - 1``), or ``k - 1``
     of them for the timestep samplers (DDIM, PLMS, UniPC run ``t_enc`` calls). So
     ``k = n`` (``n + 1`` for timestep samplers) and ``strength = k / (steps + 0.5)``
-    give back ``steps``; the ``+ 0.5`` keeps the floor away from float noise. Passing
+    give back ``steps`` (DDIM and PLMS then make ``n - 1`` updates over those ``n`` grid
+    points, as their txt2img runs make one fewer update than grid points; UniPC ``n``); the ``+ 0.5`` keeps the floor away from float noise. Passing
     ``k`` also makes the WebUI ignore its "img2img fix steps" setting. At full denoise a
     timestep sampler needs ``k = steps + 1``, which no strength below 0.999 reaches: its
     schedule then has ``steps + 1`` steps, ``steps`` of which run.

@@ -8,7 +8,7 @@
 3. VAE decode; the upscaler model enlarges; the image is resized to ``(plan.width,
    plan.height)`` (``upscaled_size``).
 4. A latent-tile resample at ``tiler_denoise`` on the tiler's model (``tiling.passes
-   .run_resample`` with ``plan.tile_plan``; ``img2img_call_for_resample`` gives the host's
+   .run_resample`` with ``plan.tile_plan``; ``tiling.passes.img2img_steps`` gives the host's
    step arguments), with the image's seed.
 
 Nothing here knows the host: it gets the host's main settings and a ``schedule_for(model,
@@ -193,7 +193,7 @@ def plan_tiler(options: RefineUpscaleOptions, main: StageSettings, seed: int,
     first = start_step(settings.steps, options.tiler_denoise)
     if steps_to_run(settings.steps, options.tiler_denoise) == 0:
         return None, None
-    tile_plan = TilePlan.from_values(values, settings.steps, seed)
+    tile_plan = TilePlan.from_values(values, settings.steps)
     return (StagePlan("tiler", model, settings, first, settings.steps, settings.steps - first,
                       None, True, seed), tile_plan)
 

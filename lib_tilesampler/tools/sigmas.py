@@ -12,8 +12,8 @@ discard-the-penultimate-sigma rule included); this module cuts and remaps them:
 * with no refiner the base goes on over its own tail ``s[stop:]`` (``continue_sigmas``).
 
 Given sigmas reach the host's sampler through ``p.sampler_noise_scheduler_override``
-(``sigma_override``) and ``sample_img2img`` with ``img2img_call_for_sigmas``;
-``img2img_call_for_resample`` makes the host's own img2img run a resample's exact steps.
+(``sigma_override``) and ``sample_img2img`` with ``img2img_call_for_sigmas``; a
+resample's exact steps are ``tiling.passes.img2img_steps``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..tiling.independent import steps_to_run
 
 Schedule = Callable[[int], torch.Tensor]
 """``schedule(steps) -> sigmas``: the host's ``steps``-step schedule for one sampler, schedule
@@ -159,37 +158,3 @@ def img2img_call_for_sigmas(n: int) -> tuple[int, float]:
     if not 1 <= n <= MAX_IMG2IMG_STEPS:
         raise ValueError(f"an img2img run of given sigmas takes 1 to {MAX_IMG2IMG_STEPS} steps, not {n}")
     return n, 1.0
-
-
-def img2img_call_for_resample(steps: int, denoise: float,
-                              timestep_sampler: bool = False) -> tuple[int, float]:
-    """``(steps, denoising_strength)`` for ``sample_img2img`` so that a resample at (steps S,
-    denoise d) runs exactly the seed node's steps: n = S − start steps from index
-    ``start = int(S - S*d)`` of the host's own S-step schedule (``tiling.independent.start_step``).
-
-    With the host formula quoted in ``img2img_call_for_sigmas``:
-
-    * k-diffusion samplers: steps n, strength n / (S + 0.5). The host's
-      ``int(n / min(strength, 0.999))`` is int(S + 0.5) = S (the quotient is S + 0.5 up to
-      rounding, half a step from an integer), so it builds its S-step schedule; t_enc = n − 1
-      and its slice ``sigmas[S - t_enc - 1:]`` starts at S − n = start.
-    * timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC: ``CompVisSampler.sample_img2img``)
-      take ``timesteps[:t_enc]`` of the S-step grid and noise the latent to
-      ``timesteps[t_enc]``: their step count is t_enc = steps_arg − 1, so steps n + 1 and
-      strength (n + 1) / (S + 0.5) (again S, and t_enc = n). DDIM and PLMS then make n − 1
-      updates over those n grid points, as their txt2img runs make one fewer update than
-      grid points; UniPC makes n. A full resample (n = S) would need a strength above 1.
-
-    A strength above 0.999 (n = S > 499 for k-diffusion, n = S for timestep samplers) and
-    denoise 0 (no step: the host skips the pass) are errors.
-    """
-    n = steps_to_run(steps, denoise)
-    if n == 0:
-        raise ValueError(f"a resample at denoise {denoise} runs no step; skip it")
-    requested = n + 1 if timestep_sampler else n
-    strength = requested / (steps + 0.5)
-    if strength > 0.999:
-        kind = "a timestep sampler" if timestep_sampler else "a k-diffusion sampler"
-        raise ValueError(f"{kind} cannot run {n} of {steps} steps through img2img "
-                         f"(denoise {denoise}): lower the denoise or the steps")
-    return requested, strength
