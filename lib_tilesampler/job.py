@@ -38,6 +38,7 @@ class Job:
         self.key = key                      # the top-level generation it belongs to
         self.label = label
         self.notes: list[str] = []
+        self.facts: dict[str, Any] = {}      # what the job measured, for the console and API
         self.stages: dict[str, StageCount] = {}
         self.stage = "main"
         self.host: Any = None               # the host adapter's per-job state
@@ -100,7 +101,7 @@ class Job:
                 "seconds": round(time.perf_counter() - self.started, 3),
                 "stages": {name: {"runs": s.runs, "evaluations": s.evaluations}
                            for name, s in self.stages.items()},
-                "notes": list(self.notes)}
+                "notes": list(self.notes), **self.facts}
 
 
 @dataclass

@@ -135,6 +135,7 @@ class TileSamplerScript(scripts.Script):
     def process(self, p: Any, *args: Any) -> None:
         host = get_host()
         JOBS.close_stale(host.job_key())   # a generation that ended without telling us
+        setattr(p, JOB_ATTR, None)         # a copy of another job's p does not share its job
         values = self._values(p, args)
         if not P.to_infotext(values):
             return
@@ -263,8 +264,12 @@ class TileSamplerScript(scripts.Script):
         job = self._job(p)
         if job is None:
             return
-        for planner in job.script.planners[-2:]:
-            print(f"{LOG_PREFIX} HyperTile: {planner.stats.summary()}")
+        planners = job.script.planners
+        if planners:
+            job.facts["hypertile"] = {k: sum(getattr(pl.stats, k) for pl in planners)
+                                      for k in ("tiled", "untiled_no_divisor", "whole_by_draw",
+                                                "skipped_depth", "unknown_shape")}
+            print(f"{LOG_PREFIX} HyperTile: {planners[-1].stats.summary()}")
         JOBS.close(job)
         print(f"{LOG_PREFIX} {job.summary()}")
 
