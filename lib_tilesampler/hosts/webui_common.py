@@ -211,6 +211,16 @@ class WebUIFamilyHost:
         from modules import sd_schedulers
         return [s.label for s in sd_schedulers.schedulers]
 
+    def checkpoint_names(self) -> list[str]:
+        """The checkpoints of the host's list, by title (as its checkpoint dropdown)."""
+        from modules import sd_models
+        return list(sd_models.checkpoint_tiles())
+
+    def upscaler_names(self) -> list[str]:
+        """The host's upscalers ("None", "Lanczos", "Nearest", ESRGAN models, ...)."""
+        from modules import shared
+        return [u.name for u in shared.sd_upscalers]
+
     def resolve_names(self, values: Mapping[str, Any]) -> dict:
         """The host's own look-ups: a sampler by name or alias in any case, a schedule
         type by label, name or alias, and the old "<sampler> <schedule type>" names."""

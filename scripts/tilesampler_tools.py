@@ -1,0 +1,99 @@
+"""The Script tab's "Tile Sampler tools": Refine & upscale, and Mask grid.
+
+UI and API args -> ``lib_tilesampler.tools.options`` -> the host adapter's tool runners
+(``lib_tilesampler/hosts``); the maths lives in ``lib_tilesampler/tools``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from modules import scripts
+
+from lib_tilesampler import params as P
+from lib_tilesampler.hosts import get_host
+from lib_tilesampler.tools import options as O
+
+REFINE_UPSCALE_LAYOUT = (
+    ("img2img_refine",),
+    ("base_steps", "base_stop", "base_cfg"),
+    ("base_sampler", "base_scheduler"),
+    ("refiner",),
+    ("refiner_steps", "refiner_start", "refiner_cfg"),
+    ("refiner_sampler", "refiner_scheduler"),
+    ("upscaler", "upscale_by"),
+    ("tiler_denoise", "tiler_model", "tiler_mode"),
+    ("tiler_tile_size", "tiler_overlap", "tiler_batch"),
+    ("tiler_steps", "tiler_cfg", "tiler_sampler", "tiler_scheduler"),
+    ("tiled_only",),
+)
+MASK_GRID_LAYOUT = (
+    ("mask",),
+    ("use_inpaint_mask",),
+    ("rows", "columns", "mode"),
+    ("add_noise", "leftover_noise", "seed_per_cell"),
+    ("start_step", "end_step"),
+    ("feather", "cells_per_batch"),
+)
+
+
+def _control(field: P.Field, elem_id: str, choices: Any = None) -> Any:
+    info = field.info or None
+    if field.key == "mask":
+        return gr.Image(label=field.label, type="pil", image_mode="RGBA", source="upload",
+                        elem_id=elem_id)
+    if field.kind is bool:
+        return gr.Checkbox(label=field.label, value=field.default, elem_id=elem_id, info=info)
+    if field.choices or choices is not None:
+        return gr.Dropdown(label=field.label, choices=list(choices or field.choices),
+                           value=field.default, elem_id=elem_id, info=info)
+    if field.kind is str:
+        return gr.Textbox(label=field.label, value=field.default, elem_id=elem_id, info=info)
+    return gr.Slider(label=field.label, minimum=field.minimum, maximum=field.maximum,
+                     step=field.step, value=field.default, elem_id=elem_id, info=info)
+
+
+class TileSamplerTools(scripts.Script):
+    def title(self) -> str:
+        return O.TITLE
+
+    def show(self, is_img2img: bool) -> Any:
+        return True
+
+    def ui(self, is_img2img: bool) -> list:
+        host = get_host()
+        samplers = [P.SAME] + host.sampler_names()
+        schedulers = [P.SAME] + host.scheduler_names()
+        choices = {"base_sampler": samplers, "refiner_sampler": samplers, "tiler_sampler": samplers,
+                   "base_scheduler": schedulers, "refiner_scheduler": schedulers,
+                   "tiler_scheduler": schedulers,
+                   "refiner": [O.NO_REFINER] + host.checkpoint_names(),
+                   "upscaler": host.upscaler_names()}
+        made: dict[str, Any] = {}
+        made["tool"] = gr.Radio(label=O.TOOL.label, choices=list(O.TOOL_LABELS.values()),
+                                value=O.TOOL_LABELS[O.TOOL.default], elem_id=self.elem_id("tool"))
+        groups = {}
+        for tool, layout in (("refine_upscale", REFINE_UPSCALE_LAYOUT), ("mask_grid", MASK_GRID_LAYOUT)):
+            with gr.Group(visible=tool == O.TOOL.default, elem_id=self.elem_id(f"{tool}_group")) as group:
+                for row in layout:
+                    if not is_img2img and row[0] in ("img2img_refine", "use_inpaint_mask"):
+                        made[row[0]] = gr.Checkbox(value=False, visible=False)  # keeps the arg order
+                        continue
+                    with gr.Row():
+                        for key in row:
+                            made[key] = _control(O.TOOL_FIELDS_BY_KEY[key], self.elem_id(key), choices.get(key))
+            groups[tool] = group
+        labels = {label: key for key, label in O.TOOL_LABELS.items()}
+        made["tool"].change(fn=lambda label: [gr.update(visible=labels.get(label) == t) for t in groups],
+                            inputs=made["tool"], outputs=list(groups.values()), show_progress=False)
+        self.infotext_fields = [(made[f.key], f.infotext) for f in O.TOOL_FIELDS if f.key != "mask"]
+        return [made[f.key] for f in O.TOOL_FIELDS]
+
+    def run(self, p: Any, *args: Any) -> Any:
+        values = O.parse_tool_args(args)
+        p.extra_generation_params["Script"] = self.title()
+        host = get_host()
+        if values["tool"] == "refine_upscale":
+            return host.run_refine_upscale(p, values)
+        return host.run_mask_grid(p, values)
