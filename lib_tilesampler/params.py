@@ -9,6 +9,7 @@ error with a message meant for the user.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -209,6 +210,31 @@ def from_infotext(params: Mapping[str, str], fields: Iterable[Field] = FIELDS) -
                 out[f.key] = f.check(params[f.infotext])
             except ParamError:
                 pass
+    return out
+
+
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+")
+
+
+def infotext_values(params: Mapping[str, Any], fields: Iterable[Field] = FIELDS) -> dict[str, Any]:
+    """Like ``from_infotext``, but strict: a value of ours that does not check out is a
+    ``ParamError`` naming its infotext key. A whole-number option must be written as one
+    (``30``, not ``30.0``): the hosts convert pasted values with ``int(text)``."""
+    fields = list(fields)
+    if not any(f.infotext in params for f in fields if f.group):
+        return {}
+    out = {f.key: f.default for f in fields}
+    out[MASTER.key] = True
+    for f in fields:
+        if not f.group or f.infotext not in params:
+            continue
+        raw = params[f.infotext]
+        try:
+            out[f.key] = f.check(raw)
+            if f.kind is int and isinstance(raw, str) and not _WHOLE_NUMBER.fullmatch(raw.strip()):
+                raise ParamError(f"{f.key} must be a whole number, not {raw!r}")
+        except ParamError as e:
+            raise ParamError(f"infotext key {f.infotext!r}: {e}") from None
     return out
 
 
