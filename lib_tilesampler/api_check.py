@@ -1,112 +1,150 @@
-"""Reject bad Tile Sampler arguments of an API request with a clear HTTP 422, before the
-WebUI starts the job (inside a job, script errors only reach the console).
+"""Checks of a txt2img/img2img API request's script arguments: a bad argument is answered
+with a clear HTTP 422 before the WebUI starts the job (inside a job, script errors only
+reach the console).
 
-``RequestCheck`` is a plain ASGI middleware (no web-framework import): it reads the JSON
-body of ``POST /sdapi/v1/txt2img`` and ``/sdapi/v1/img2img``, runs the checks, and either
-answers 422 or replays the body to the app unchanged.
+A check is a function ``ApiRequest -> message or None``. It sees the request as the host
+parsed and validated it (after authentication), with the ``infotext`` field parsed by the
+host's own parser; ``hosts/api_routes.py`` runs the checks inside the host's endpoints.
+Nothing here imports a web framework or the host.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .params import FIELDS, ParamError, final_size, parse_args, resample_fit_error
+from .params import FIELDS, Field, ParamError, final_size, infotext_values, parse_args, \
+    resample_fit_error
 
-Check = Callable[[Mapping[str, Any]], Optional[str]]
-CHECKED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+# infotext keys the host's paste turns into request fields that set the size sampled at last
+INFOTEXT_SIZE_FIELDS = {"Size-1": "width", "Size-2": "height", "Hires upscale": "hr_scale",
+                        "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
+                        "Denoising strength": "enable_hr"}
 
 
-def find_alwayson_args(body: Mapping[str, Any], title: str) -> Optional[Any]:
-    """The ``args`` given for the always-on script ``title`` (matched case-insensitively,
-    as the WebUI does), or None when the request does not name it."""
-    scripts = body.get("alwayson_scripts") or {}
-    if not isinstance(scripts, Mapping):
+@dataclass(frozen=True)
+class ApiRequest:
+    """One txt2img/img2img API request, as the checks see it."""
+
+    tab: str                                    # "txt2img" or "img2img"
+    fields: Mapping[str, Any]                   # the request's fields, parsed by the host
+    given: frozenset = frozenset()              # the names of the fields the caller set
+    infotext: Mapping[str, Any] = field(default_factory=dict)  # its `infotext`, parsed
+
+    def alwayson_args(self, title: str) -> Any:
+        """The ``args`` given for the always-on script ``title`` (matched
+        case-insensitively, as the WebUI does); None when the request does not name it;
+        a ``ParamError`` when the entry is not ``{"args": [...]}``."""
+        scripts = self.fields.get("alwayson_scripts") or {}
+        if not isinstance(scripts, Mapping):
+            return None
+        for name, entry in scripts.items():
+            if isinstance(name, str) and name.lower() == title.lower():
+                if not isinstance(entry, Mapping) or not isinstance(entry.get("args", []), list):
+                    return ParamError(f'alwayson_scripts["{name}"] must be {{"args": [...]}}')
+                return entry.get("args", [])
         return None
-    for name, entry in scripts.items():
-        if isinstance(name, str) and name.lower() == title.lower():
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("args", []), list):
-                return ParamError(f'alwayson_scripts["{name}"] must be {{"args": [...]}}')
-            return entry.get("args", [])
-    return None
+
+    def script_args(self, title: str) -> Any:
+        """``script_args`` when ``script_name`` names the selectable script ``title``
+        (case-insensitively), else None; a ``ParamError`` when they are not a list."""
+        name = self.fields.get("script_name")
+        if not isinstance(name, str) or name.lower() != title.lower():
+            return None
+        args = self.fields.get("script_args")
+        if args is None:
+            return []
+        return args if isinstance(args, list) else ParamError("script_args must be a list")
+
+    def last_size(self) -> Optional[tuple[int, int]]:
+        """The size of the last sampling pass; None when the ``infotext`` field will set a
+        part of it (the host pastes it into fields the caller left out) or it is no size."""
+        for key, name in INFOTEXT_SIZE_FIELDS.items():
+            if key in self.infotext and name not in self.given \
+                    and (name != "enable_hr" or self.tab == "txt2img"):
+                return None
+        f = self.fields
+        try:
+            return final_size(int(f.get("width") or 512), int(f.get("height") or 512),
+                              bool(f.get("enable_hr")), float(f.get("hr_scale") or 2.0),
+                              int(f.get("hr_resize_x") or 0), int(f.get("hr_resize_y") or 0))
+        except (TypeError, ValueError, OverflowError):
+            return None
 
 
-Extra = Callable[[Mapping[str, Any], Mapping[str, Any]], Optional[str]]
+Check = Callable[[ApiRequest], Optional[str]]
+Extra = Callable[[Mapping[str, Any], ApiRequest], Optional[str]]
+Parse = Callable[[Sequence[Any]], Mapping[str, Any]]
 
 
-def check_alwayson_args(title: str, fields: Optional[Sequence[Any]] = None,
-                        extra: Optional[Extra] = None) -> Check:
-    """A check of the named always-on script's args with ``parse_args``, then
-    ``extra(values, body)`` for what needs the request (image size) or the host (names)."""
-    def check(body: Mapping[str, Any]) -> Optional[str]:
-        args = find_alwayson_args(body, title)
+def _args_check(title: str, find: Callable[[ApiRequest], Any], parse: Parse,
+                extra: Optional[Extra]) -> Check:
+    def check(request: ApiRequest) -> Optional[str]:
+        args = find(request)
         if args is None:
             return None
         try:
             if isinstance(args, ParamError):
                 raise args
-            values = parse_args(args, FIELDS if fields is None else fields)
+            values = parse(args)
         except ParamError as e:
             return f"{title}: {e}"
-        error = extra(values, body) if extra is not None else None
+        error = extra(values, request) if extra is not None else None
         return f"{title}: {error}" if error else None
     return check
 
 
-def request_fit_error(values: Mapping[str, Any], body: Mapping[str, Any]) -> Optional[str]:
-    """``resample_fit_error`` for the size a txt2img/img2img request will sample at last."""
-    width, height = final_size(int(body.get("width") or 512), int(body.get("height") or 512),
-                               bool(body.get("enable_hr")), float(body.get("hr_scale") or 2.0),
-                               int(body.get("hr_resize_x") or 0), int(body.get("hr_resize_y") or 0))
-    return resample_fit_error(values, width, height)
+def check_alwayson_args(title: str, fields: Optional[Sequence[Field]] = None,
+                        extra: Optional[Extra] = None) -> Check:
+    """A check of the always-on script's ``alwayson_scripts`` args with ``parse_args``,
+    then ``extra(values, request)`` for what needs the request (image size) or the host
+    (names)."""
+    return _args_check(title, lambda r: r.alwayson_args(title),
+                       lambda args: parse_args(args, FIELDS if fields is None else fields), extra)
 
 
-class RequestCheck:
-    """ASGI middleware running ``checks`` on JSON bodies posted to ``paths``."""
+def check_script_args(title: str, parse: Parse, extra: Optional[Extra] = None) -> Check:
+    """The same for a selectable (Script tab) script: ``script_args`` when ``script_name``
+    is ``title``, parsed by ``parse`` (which raises ``ParamError``)."""
+    return _args_check(title, lambda r: r.script_args(title), parse, extra)
 
-    def __init__(self, app: Callable[..., Awaitable[None]], checks: Sequence[Check],
-                 paths: Sequence[str] = CHECKED_PATHS) -> None:
-        self.app = app
-        self.checks = list(checks)
-        self.paths = tuple(paths)
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" \
-                or scope.get("path") not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        messages, body = [], b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message.get("type") != "http.request":
-                break
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        error = self._error(body)
-        if error is not None:
-            payload = json.dumps({"error": "TileSamplerArgumentError", "detail": error,
-                                  "body": "", "errors": error, "message": error}).encode()
-            await send({"type": "http.response.start", "status": 422,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-            return
-
-        async def replay() -> dict:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    def _error(self, body: bytes) -> Optional[str]:
+def check_infotext(title: str, fields: Optional[Sequence[Field]] = None,
+                   extra: Optional[Extra] = None) -> Check:
+    """A check of our keys in the request's ``infotext`` (already parsed by the host)."""
+    def check(request: ApiRequest) -> Optional[str]:
         try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            return None  # not ours to judge: the WebUI answers malformed JSON itself
-        if not isinstance(data, Mapping):
-            return None
-        for check in self.checks:
-            error = check(data)
-            if error:
-                return error
-        return None
+            values = infotext_values(request.infotext, FIELDS if fields is None else fields)
+        except ParamError as e:
+            return f"{title}: {e}"
+        error = extra(values, request) if values and extra is not None else None
+        return f"{title}: {error}" if error else None
+    return check
+
+
+def request_fit_error(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    """``resample_fit_error`` for the size the request will sample at last (None when
+    that size is only known once the host has pasted the infotext: the job says it)."""
+    size = request.last_size()
+    return resample_fit_error(values, *size) if size is not None else None
+
+
+def first_error(request: ApiRequest, checks: Sequence[Check]) -> Optional[str]:
+    """The message of the first check that rejects ``request``. A check that fails
+    itself is reported on the console and skipped: a bug of ours never blocks a job."""
+    for check in checks:
+        try:
+            error = check(request)
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            print(f"[Tile Sampler] API check {getattr(check, '__name__', check)!r} failed: "
+                  f"{type(e).__name__}: {e}")
+            continue
+        if error:
+            return error
+    return None
+
+
+def error_body(message: str) -> dict[str, str]:
+    """The JSON of a 422 answer: the keys of both hosts' error answers (A1111 ``errors``,
+    Forge ``message``) with the message in each."""
+    return {"error": "TileSamplerArgumentError", "detail": message, "body": "",
+            "errors": message, "message": message}

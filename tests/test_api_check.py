@@ -1,72 +1,108 @@
-"""The request check answers 422 with a readable message, and passes good requests on
-with their body intact (a real ASGI exchange, driven with asyncio)."""
-import asyncio
-import json
+"""The request checks on a parsed request: the same messages as ever for bad args, our
+infotext keys checked with their key named, a selectable script's args, the size a
+request samples at last."""
+from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
+    check_script_args, first_error, request_fit_error
+from lib_tilesampler.params import ParamError, infotext_values, parse_args
 
-from lib_tilesampler.api_check import RequestCheck, check_alwayson_args
-
-
-def exchange(body, path="/sdapi/v1/txt2img", chunks=2):
-    received = {}
-
-    async def app(scope, receive, send):
-        data = b""
-        while True:
-            message = await receive()
-            data += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        received["body"] = data
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    raw = json.dumps(body).encode()
-    parts = [raw] if chunks == 1 else [raw[: len(raw) // 2], raw[len(raw) // 2:]]
-    messages = [{"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
-                for i, part in enumerate(parts)]
-    sent = []
-
-    async def receive():
-        return messages.pop(0)
-
-    async def send(message):
-        sent.append(message)
-
-    middleware = RequestCheck(app, [check_alwayson_args("Tile Sampler")])
-    scope = {"type": "http", "method": "POST", "path": path}
-    asyncio.run(middleware(scope, receive, send))
-    status = sent[0]["status"]
-    return status, b"".join(m.get("body", b"") for m in sent[1:]), received.get("body")
+TITLE = "Tile Sampler"
+CHECK = check_alwayson_args(TITLE)
+INFOTEXT = check_infotext(TITLE)
 
 
-def test_good_request_reaches_the_app_with_the_same_body():
-    body = {"prompt": "x", "alwayson_scripts": {"tile sampler": {"args": [{"hypertile": True}]}}}
-    status, answer, received = exchange(body)
-    assert status == 200 and answer == b"ok" and json.loads(received) == body
+def request(tab="txt2img", given=None, infotext=None, **fields):
+    base = {"prompt": "", "width": 512, "height": 512, "enable_hr": False, "hr_scale": 2.0,
+            "hr_resize_x": 0, "hr_resize_y": 0, "script_name": None, "script_args": [],
+            "alwayson_scripts": {}, "infotext": None}
+    base.update(fields)
+    return ApiRequest(tab, base, frozenset(fields if given is None else given), infotext or {})
 
 
-def test_bad_named_key_gets_422_with_the_reason():
-    body = {"alwayson_scripts": {"Tile Sampler": {"args": [{"hypertile_tile": 256}]}}}
-    status, answer, received = exchange(body)
-    assert status == 422 and received is None
-    error = json.loads(answer)
-    assert "Tile Sampler: unknown key(s) 'hypertile_tile'" in error["detail"]
-    assert error["detail"] == error["errors"]
+def args(value, title="tile sampler"):
+    return request(alwayson_scripts={title: {"args": value}})
 
 
-def test_too_many_positional_args_and_wrong_types_get_422():
+def test_good_named_and_positional_args_pass():
+    assert CHECK(args([{"hypertile": True}])) is None
+    assert CHECK(args([True, True, 256, 2, 0, False, False])) is None
+    assert CHECK(request()) is None
+
+
+def test_bad_named_key_is_named():
+    error = CHECK(args([{"hypertile_tile": 256}], title="Tile Sampler"))
+    assert error.startswith("Tile Sampler: unknown key(s) 'hypertile_tile'")
+
+
+def test_too_many_positional_args_wrong_types_and_a_bad_entry():
     too_many = [False, False, 256, 2, 0, False, False] + [None] * 30
-    status, answer, _ = exchange({"alwayson_scripts": {"tile sampler": {"args": too_many}}})
-    assert status == 422 and b"positional args" in answer
-    status, answer, _ = exchange({"alwayson_scripts": {"tile sampler": {"args": [True, True, "x"]}}},
-                                 path="/sdapi/v1/img2img")
-    assert status == 422 and b"hypertile_tile_size must be int" in answer
-    status, answer, _ = exchange({"alwayson_scripts": {"tile sampler": [True]}})
-    assert status == 422 and b"must be" in answer
+    assert "positional args" in CHECK(args(too_many))
+    assert "hypertile_tile_size must be int" in CHECK(args([True, True, "x"]))
+    assert "must be" in CHECK(request(alwayson_scripts={"tile sampler": [True]}))
+    assert "must be" in CHECK(request(alwayson_scripts={"tile sampler": {"args": "x"}}))
 
 
-def test_other_requests_pass_untouched():
-    assert exchange({"prompt": "x"})[0] == 200
-    assert exchange({"alwayson_scripts": {"other": {"args": ["anything"]}}})[0] == 200
-    assert exchange({"alwayson_scripts": {"tile sampler": {"args": [True] * 9}}},
-                    path="/sdapi/v1/options")[0] == 200
+def test_other_scripts_args_are_not_ours():
+    assert CHECK(request(alwayson_scripts={"other": {"args": ["anything"]}})) is None
+
+
+def test_extra_sees_the_values_and_the_request():
+    seen = []
+    check = check_alwayson_args(TITLE, extra=lambda values, r: seen.append((values, r.tab)) or "no")
+    assert check(args([{"resample": True}])) == "Tile Sampler: no"
+    assert seen[0][0]["resample"] is True and seen[0][1] == "txt2img"
+
+
+def test_fit_error_uses_the_hires_size_of_the_request():
+    values = parse_args([{"resample": True, "resample_tile_size": 1024}])
+    small = request(width=512, height=512)
+    assert "not smaller than the image (512x512)" in request_fit_error(values, small)
+    hires = request(width=768, height=768, enable_hr=True, hr_scale=2.0)
+    assert request_fit_error(values, hires) is None
+
+
+def test_fit_error_waits_when_the_infotext_sets_the_size():
+    values = parse_args([{"resample": True, "resample_tile_size": 1024}])
+    pasted = request(infotext={"Size-1": "2048", "Size-2": "2048"}, given=())
+    assert pasted.last_size() is None and request_fit_error(values, pasted) is None
+    given = request(width=512, height=512, infotext={"Size-1": "2048", "Size-2": "2048"})
+    assert given.last_size() == (512, 512)
+
+
+def test_infotext_keys_of_ours_are_checked_and_named():
+    assert INFOTEXT(request(infotext={"Steps": "20"})) is None
+    assert INFOTEXT(request(infotext={"Resample": "True", "Resample tile size": "512"})) is None
+    error = INFOTEXT(request(infotext={"Resample": "True", "Resample tile size": "huge"}))
+    assert error.startswith("Tile Sampler: infotext key 'Resample tile size'") and "'huge'" in error
+    assert "whole number" in INFOTEXT(request(infotext={"Resample steps": "30.0"}))
+    assert "'Resample mode'" in INFOTEXT(request(infotext={"Resample mode": "sideways"}))
+    assert "'HyperTile'" in INFOTEXT(request(infotext={"HyperTile": "yes"}))
+    assert "at most 2048" in INFOTEXT(request(infotext={"HyperTile tile size": "4096"}))
+
+
+def test_infotext_values_match_the_written_ones():
+    values = infotext_values({"Resample": "True", "Resample denoise": "0.3", "Resample seed": "-1"})
+    assert values["resample"] is True and values["resample_denoise"] == 0.3
+    assert values["resample_seed"] == -1 and values["enabled"] is True
+    assert infotext_values({"Steps": "20"}) == {}
+
+
+def test_a_selectable_scripts_args_are_checked_when_it_is_named():
+    def parse(script_args):
+        if len(script_args) != 2:
+            raise ParamError(f"expected 2 args, got {len(script_args)}")
+        return {"a": script_args[0]}
+    check = check_script_args("Tile Upscale", parse)
+    assert check(request(script_name="tile upscale", script_args=[1, 2])) is None
+    assert check(request(script_name="Tile Upscale", script_args=[1])) == \
+        "Tile Upscale: expected 2 args, got 1"
+    assert check(request(script_name="other", script_args=[1])) is None
+    assert check(request(script_name="tile upscale", script_args="x")) == \
+        "Tile Upscale: script_args must be a list"
+
+
+def test_first_error_skips_a_check_that_fails_itself(capsys):
+    def broken(_request):
+        raise KeyError("bug")
+    assert first_error(args([{"x": 1}]), [broken, CHECK]).startswith("Tile Sampler: unknown key")
+    assert first_error(request(), [broken]) is None
+    assert "API check" in capsys.readouterr().out
