@@ -15,6 +15,7 @@ from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from ..job import Job, JobStack
 from ..module_patch import PatchSet
 from ..tiling.passes import TilePlan, Wrap
+from .api_routes import RequestChecks
 
 After = Callable[[torch.Tensor, Any], torch.Tensor]
 """``after(samples, sampler) -> samples``: what to do with the latent a pass returns."""
@@ -84,6 +85,15 @@ class Host(Protocol):
 
     def control_units(self, p: Any) -> int:
         """How many ControlNet units are on in the job."""
+
+    def parse_infotext(self, text: str) -> dict:
+        """Infotext parsed by the host's own parser (``{key: text}``)."""
+
+    def api_request_checks(self, app: Any) -> RequestChecks:
+        """The checks of the app's txt2img/img2img API requests (``api_routes``)."""
+
+    def add_api_route(self, app: Any, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        """Add a route of ours to the host's API, behind its ``--api-auth``."""
 
     def should_stop(self) -> bool: ...
 

@@ -21,6 +21,7 @@ from ..tiling.independent import steps_to_run
 from ..tiling.passes import (TilePlan, Wrap, derive_seed, img2img_steps, run_resample,
                              sampler_runs, tile_seeds)
 from ..tiling.plan import Tile
+from .api_routes import RequestChecks, add_api_route, request_checks
 from .base import After
 
 STATE_TEXT = "Tile Sampler"
@@ -307,6 +308,24 @@ class WebUIFamilyHost:
 
     def control_units(self, p: Any) -> int:
         return sum(1 for _, args in _script_args(p, CONTROLNET_TITLES) for unit in args if _is_on(unit))
+
+    # ---------------------------------------------------------------------- HTTP API
+    @staticmethod
+    def parse_infotext(text: str) -> dict:
+        """``text`` parsed by the host's own infotext parser (as its API's ``infotext``
+        field and *Read generation parameters* are)."""
+        from modules import infotext_utils
+        return infotext_utils.parse_generation_parameters(text)
+
+    def api_request_checks(self, app: Any) -> RequestChecks:
+        """The checks run on this app's txt2img/img2img API requests (see
+        ``api_routes``); add one with ``.add(name, check)`` from ``on_app_started``."""
+        return request_checks(app, self.parse_infotext)
+
+    @staticmethod
+    def add_api_route(app: Any, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        """Add an API route of ours behind the host's ``--api-auth``."""
+        add_api_route(app, path, endpoint, **kwargs)
 
     # ------------------------------------------------------------ progress and interrupt
     @staticmethod
