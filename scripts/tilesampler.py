@@ -54,7 +54,7 @@ def _paste_value(field: P.Field):
         keys = [f.infotext for f in P.FIELDS if f.group]
         return lambda d: any(k in d for k in keys)
     if field.kind is bool:
-        return lambda d: str(d.get(field.infotext, "False")) == "True"
+        return lambda d: str(d.get(field.infotext, "False")).strip().lower() == "true"
     return field.infotext
 
 

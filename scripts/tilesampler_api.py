@@ -1,27 +1,35 @@
-"""API glue: bad Tile Sampler args in /sdapi/v1/txt2img and img2img requests get an HTTP 422
-with a readable message instead of a job that runs without the extension."""
+"""API glue: bad Tile Sampler args (``alwayson_scripts``) or infotext keys of ours (the
+``infotext`` field) in /sdapi/v1/txt2img and img2img requests get an HTTP 422 with a
+readable message instead of a job that runs without the extension. The checks run after
+the host's authentication and its own validation of the request (see
+``lib_tilesampler/hosts/api_routes.py``)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
 from modules import script_callbacks
 
-from lib_tilesampler.api_check import RequestCheck, check_alwayson_args, request_fit_error
+from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
+    request_fit_error
 from lib_tilesampler.hosts import get_host
 
+TITLE = "Tile Sampler"
 
-def _extra(values: Mapping[str, Any], body: Mapping[str, Any]) -> Optional[str]:
-    return get_host().name_error(values) or request_fit_error(values, body)
+
+def _args_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    return get_host().name_error(values) or request_fit_error(values, request)
+
+
+def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    if request.alwayson_args(TITLE) is not None:  # the args given win over the infotext's
+        return get_host().name_error(values)
+    return _args_extra(values, request)
 
 
 def _install(_demo: Any, app: Any) -> None:
-    if getattr(app.state, "tilesampler_request_check", False):
-        return
-    from starlette.middleware import Middleware
-
-    app.middleware_stack = None  # rebuilt on the next request, with ours outermost
-    app.user_middleware.insert(0, Middleware(RequestCheck, checks=[check_alwayson_args("Tile Sampler", extra=_extra)]))
-    app.state.tilesampler_request_check = True
+    checks = get_host().api_request_checks(app)
+    checks.add("tile sampler args", check_alwayson_args(TITLE, extra=_args_extra))
+    checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
 
 
 script_callbacks.on_app_started(_install, name="tilesampler_api_check")
