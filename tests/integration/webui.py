@@ -15,7 +15,10 @@ import pytest
 
 URL_VAR = "TILESAMPLER_WEBUI_URL"
 BASELINE_VAR = "TILESAMPLER_BASELINE_URL"
+AUTH_URL_VAR = "TILESAMPLER_AUTH_WEBUI_URL"
+AUTH_VAR = "TILESAMPLER_AUTH"
 TITLE = "tile sampler"
+SAME_AUTH = object()  # call(): use the WebUI's credentials
 
 
 @dataclass
@@ -45,13 +48,21 @@ class Answer:
 
 
 class WebUI:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auth: Optional[tuple[str, str]] = None) -> None:
         self.url = url.rstrip("/")
+        self.auth = auth
 
-    def call(self, path: str, payload: Optional[dict] = None, timeout: float = 1800) -> Answer:
+    def call(self, path: str, payload: Optional[dict] = None, timeout: float = 1800,
+             auth: Any = SAME_AUTH) -> Answer:
+        """``auth``: (user, password) for HTTP Basic, None for no credentials; by default
+        the WebUI's own."""
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data,
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        auth = self.auth if auth is SAME_AUTH else auth
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return Answer(response.status, json.load(response))
@@ -77,3 +88,26 @@ def webui_from_env(var: str = URL_VAR) -> WebUI:
     except OSError as e:
         pytest.fail(f"{var}={url} does not answer: {e}")
     return WebUI(url)
+
+
+def auth_webui_from_env() -> WebUI:
+    """The WebUI started with ``--api-auth user:password`` (TILESAMPLER_AUTH_WEBUI_URL) and
+    its credentials (TILESAMPLER_AUTH=user:password)."""
+    url, credentials = os.environ.get(AUTH_URL_VAR), os.environ.get(AUTH_VAR)
+    if not url or not credentials or ":" not in credentials:
+        pytest.skip(f"set {AUTH_URL_VAR}=http://127.0.0.1:PORT and {AUTH_VAR}=user:password to run "
+                    "tests against a WebUI started with --api --api-auth user:password and this "
+                    "extension installed (see tests/integration/README.md)")
+    user, _, password = credentials.partition(":")
+    webui = WebUI(url, auth=(user, password))
+    try:
+        answer = webui.call("/sdapi/v1/sd-models", timeout=10)
+        unauthenticated = webui.call("/sdapi/v1/sd-models", timeout=10, auth=None)
+    except OSError as e:
+        pytest.fail(f"{AUTH_URL_VAR}={url} does not answer: {e}")
+    if answer.status != 200:
+        pytest.fail(f"{AUTH_URL_VAR}={url} refuses {AUTH_VAR}: {answer.status} {answer.body}")
+    if unauthenticated.status != 401:
+        pytest.fail(f"{AUTH_URL_VAR}={url} answers without credentials ({unauthenticated.status}): "
+                    "start it with --api-auth")
+    return webui
