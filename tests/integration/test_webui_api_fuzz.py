@@ -27,7 +27,7 @@ INFOTEXT_LINE = "a small boat\nSteps: 1, Sampler: Euler, CFG scale: 5, Seed: 3"
 SWITCH = {"hypertile": ("hypertile", "HyperTile"), "resample": ("resample", "Resample")}
 GROUP_FIELDS = [f for f in FIELDS if f.group]
 NAME_FIELDS = ("resample_sampler", "resample_scheduler")
-VALID_OURS = ([{"hypertile": True}], [True, True, 64], [{"resample": True, "resample_tile_size": 256}])
+VALID_OURS = ([{"hypertile": True}], [True, True, 64], [{"hypertile": True, "hypertile_max_depth": 1, "resample": False}])
 
 
 @pytest.fixture(scope="module")
