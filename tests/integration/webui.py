@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -78,6 +79,27 @@ class WebUI:
         return any(str(k).startswith("forge_") for k in options)
 
 
+PROBE = {"prompt": "probe", "steps": 1, "width": 64, "height": 64,
+         "script_name": "tilesampler readiness probe",
+         "alwayson_scripts": {TITLE: {"args": [{"readiness_probe": 1}]}}}
+
+
+def wait_until_checked(webui: WebUI, timeout: float = 180) -> None:
+    """Wait until the extension's API check answers. A WebUI serves its API a moment before
+    it calls the extensions' ``on_app_started`` callbacks, where the check is installed; a
+    request in between runs unchecked. The probe never starts a job: unchecked, the WebUI
+    refuses its unknown script itself."""
+    deadline = time.time() + timeout
+    while True:
+        answer = webui.call("/sdapi/v1/txt2img", PROBE, timeout=30)
+        if answer.status == 422 and "readiness_probe" in str(answer.body):
+            return
+        if time.time() > deadline:
+            pytest.fail(f"{webui.url}: the Tile Sampler API check did not answer within {timeout:.0f} s "
+                        f"(last answer {answer.status} {str(answer.body)[:200]})")
+        time.sleep(1)
+
+
 def webui_from_env(var: str = URL_VAR) -> WebUI:
     url = os.environ.get(var)
     if not url:
@@ -87,7 +109,10 @@ def webui_from_env(var: str = URL_VAR) -> WebUI:
         urllib.request.urlopen(url.rstrip("/") + "/sdapi/v1/sd-models", timeout=10).read()
     except OSError as e:
         pytest.fail(f"{var}={url} does not answer: {e}")
-    return WebUI(url)
+    webui = WebUI(url)
+    if var != BASELINE_VAR:
+        wait_until_checked(webui)
+    return webui
 
 
 def auth_webui_from_env() -> WebUI:
@@ -110,4 +135,5 @@ def auth_webui_from_env() -> WebUI:
     if unauthenticated.status != 401:
         pytest.fail(f"{AUTH_URL_VAR}={url} answers without credentials ({unauthenticated.status}): "
                     "start it with --api-auth")
+    wait_until_checked(webui)
     return webui
