@@ -148,16 +148,24 @@ def defaults() -> dict[str, Any]:
     return {f.key: f.default for f in FIELDS}
 
 
-def parse_args(args: Sequence[Any], fields: Sequence[Field] = FIELDS) -> dict[str, Any]:
+def parse_args(args: Sequence[Any], fields: Sequence[Field] = FIELDS,
+               merge_tail: bool = False) -> dict[str, Any]:
     """Values of ``fields`` from positional values or from one dict of named values.
 
     A lone dict turns the extension on unless it says ``"enabled": false``; keys left
-    out keep their defaults.
+    out keep their defaults. With ``merge_tail`` (inside a job) the values after the dict
+    are the base the dict's keys override: the WebUI fills those positions with the UI's
+    defaults, or with what it pasted from the request's ``infotext`` field. Without it (a
+    request as the caller sent it) a dict followed by other values is an error.
     """
     args = list(args)
     values = {f.key: f.default for f in fields}
     if args and isinstance(args[0], Mapping):
-        if any(a is not None for a in args[1:]) and not _all_defaults(args[1:], fields[1:]):
+        if merge_tail:
+            for f, value in zip(fields[1:], args[1:]):
+                if value is not None:
+                    values[f.key] = f.check(value)
+        elif any(a is not None for a in args[1:]) and not _all_defaults(args[1:], fields[1:]):
             raise ParamError("give either one dict of named args or positional args, not both")
         named = dict(args[0])
         unknown = sorted(set(named) - {f.key for f in fields})

@@ -152,7 +152,7 @@ class TileSamplerScript(scripts.Script):
         the arguments cannot be read) and is said in the UI and the infotext."""
         host = get_host()
         try:
-            values = P.override_from(p, P.parse_args(args))
+            values = P.override_from(p, P.parse_args(args, merge_tail=True))
         except P.ParamError as e:
             report(p, f"{e}. The extension is off for this job.")
             return P.defaults()

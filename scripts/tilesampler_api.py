@@ -12,12 +12,28 @@ from modules import script_callbacks
 from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
     request_fit_error
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.job import JOBS
 
 TITLE = "Tile Sampler"
+LAST_JOB_PATH = "/tilesampler/v1/jobs/last"
+
+
+def _last_steps(request: ApiRequest) -> Optional[int]:
+    """The steps of the last sampling pass the request asks for (hires steps after hires)."""
+    fields = request.fields
+    try:
+        steps = int(fields.get("steps") or 50)
+        if request.tab == "txt2img" and fields.get("enable_hr"):
+            steps = int(fields.get("hr_second_pass_steps") or steps)
+    except (TypeError, ValueError):
+        return None
+    return steps
 
 
 def _args_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
-    return get_host().name_error(values) or request_fit_error(values, request)
+    host = get_host()
+    return host.name_error(values) or request_fit_error(values, request) \
+        or host.settings_error(values, _last_steps(request))
 
 
 def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
@@ -26,10 +42,20 @@ def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[
     return _args_extra(values, request)
 
 
+def last_job() -> dict:
+    """What the latest job of the extension ran: sampler runs and denoiser evaluations per
+    stage, HyperTile's counts, notes (``GET /tilesampler/v1/jobs/last``)."""
+    job = JOBS.last_closed
+    return job.summary() if job is not None else {}
+
+
 def _install(_demo: Any, app: Any) -> None:
-    checks = get_host().api_request_checks(app)
+    host = get_host()
+    checks = host.api_request_checks(app)
     checks.add("tile sampler args", check_alwayson_args(TITLE, extra=_args_extra))
     checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
+    if not any(getattr(r, "path", None) == LAST_JOB_PATH for r in app.routes):
+        host.add_api_route(app, LAST_JOB_PATH, last_job, methods=["GET"])
 
 
 script_callbacks.on_app_started(_install, name="tilesampler_api_check")

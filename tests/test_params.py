@@ -103,3 +103,15 @@ def test_final_size_follows_the_hires_settings():
     assert P.final_size(512, 768, True, 2.0, 1024, 0) == (1024, 1536)
     assert P.final_size(512, 768, True, 2.0, 0, 1152) == (768, 1152)
     assert P.final_size(512, 768, True, 2.0, 640, 640) == (640, 640)
+
+
+def test_inside_a_job_the_values_after_a_dict_are_the_base_it_overrides():
+    """The WebUI pastes a request's ``infotext`` into the positions after the named dict."""
+    pasted = [None] * (len(P.FIELDS) - 1)
+    pasted[P.FIELDS.index(P.FIELDS_BY_KEY["resample_tile_size"]) - 1] = 512
+    pasted[P.FIELDS.index(P.FIELDS_BY_KEY["hypertile_tile_size"]) - 1] = 128
+    values = P.parse_args([{"hypertile_tile_size": 256}] + pasted, merge_tail=True)
+    assert values["enabled"] and values["resample_tile_size"] == 512
+    assert values["hypertile_tile_size"] == 256
+    with pytest.raises(P.ParamError, match="not both"):
+        P.parse_args([{"hypertile_tile_size": 256}] + pasted)
