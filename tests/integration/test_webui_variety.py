@@ -35,11 +35,20 @@ def samplers(webui):
     return [n for n in KINDS if n in names] if FEW else names
 
 
-def close_enough(a, b, index_a=0, index_b=0):
-    """Same picture up to float noise of batched vs single U-Net calls."""
+def pixel_difference(a, b, index_a=0, index_b=0):
+    """(largest, mean) absolute difference of two images' pixels, in 0..255 steps."""
     import numpy as np
     x, y = a.pixels(index_a).astype(np.int16), b.pixels(index_b).astype(np.int16)
-    return x.shape == y.shape and np.abs(x - y).max() <= 3 and np.abs(x - y).mean() <= 0.25
+    assert x.shape == y.shape, (x.shape, y.shape)
+    d = np.abs(x - y)
+    return int(d.max()), float(d.mean())
+
+
+def close_enough(a, b, index_a=0, index_b=0):
+    """Same picture up to the float noise of batched vs single U-Net calls (the WebUI's own
+    batch of 2 differs from single runs by 1 step in a few pixels)."""
+    largest, mean = pixel_difference(a, b, index_a, index_b)
+    return largest <= 4 and mean <= 0.05
 
 
 def last_job(webui):
@@ -129,7 +138,8 @@ def test_batch_size_and_count_each_image_equals_its_single_run(webui, named):
             alone["resample_seed"] = named["resample_seed"] + i   # as the WebUI counts seeds
         single = webui.call("/sdapi/v1/txt2img", payload(alone, seed=100 + i))
         assert single.status == 200, single.body
-        assert batch.digest(i) == single.digest(), f"image {i + 1} differs from its own run"
+        assert close_enough(batch, single, i), \
+            f"image {i + 1} differs from its own run: {pixel_difference(batch, single, i)}"
 
 
 def img2img(webui, source, named, **overrides):
@@ -148,7 +158,8 @@ def test_img2img_batch_count_each_image_equals_its_single_run(webui):
         assert batch.status == 200 and len(batch.images) == 2, batch.body
         for i in range(2):
             single = img2img(webui, source, named, seed=100 + i)
-            assert batch.digest(i) == single.digest(), f"{mode}/{where}: image {i + 1} differs"
+            assert close_enough(batch, single, i), \
+                f"{mode}/{where}: image {i + 1} differs: {pixel_difference(batch, single, i)}"
 
 
 def test_img2img_batch_size_adds_no_dependence_between_images(webui):
@@ -160,7 +171,7 @@ def test_img2img_batch_size_adds_no_dependence_between_images(webui):
     plain_single = img2img(webui, source, off, seed=101)
     named = dict(RESAMPLE, resample_mode="independent", resample_denoise=0.0)
     assert plain_batch.status == plain_single.status == 200
-    if plain_batch.digest(1) != plain_single.digest():
+    if not close_enough(plain_batch, plain_single, 1):
         same_start = img2img(webui, source, named, seed=100, batch_size=2)
         assert same_start.digest(1) == plain_batch.digest(1)   # denoise 0 is the identity
         pytest.skip("this WebUI's img2img gives image 2 of a batch another start than a "
@@ -168,7 +179,7 @@ def test_img2img_batch_size_adds_no_dependence_between_images(webui):
     named["resample_denoise"] = 0.5
     batch = img2img(webui, source, named, seed=100, batch_size=2)
     single = img2img(webui, source, named, seed=101)
-    assert batch.digest(1) == single.digest()
+    assert close_enough(batch, single, 1), pixel_difference(batch, single, 1)
 
 
 def test_hires_then_resample_with_an_sde_sampler(webui):
@@ -221,7 +232,8 @@ def test_a_refiner_switch_keeps_hypertile_and_the_resample_on_the_refiner(webui,
     assert switched.status == 200, switched.body
     assert "Refiner:" in switched.infotext and "Resample: True" in switched.infotext
     assert hypertile_tiled(webui) == tiled_alone > 0, "the refiner's U-Net was not tiled throughout"
-    assert switched.digest() != alone.digest()
+    stages = last_job(webui)["stages"]
+    assert stages["main"]["evaluations"] == STEPS and stages["resample"]["runs"] >= 1, stages
 
 
 def test_reload_ui_then_a_refiner_job_is_still_tiled(webui):

@@ -39,6 +39,13 @@ class Answer:
     def infotext(self) -> str:
         return self.info["infotexts"][0]
 
+    def pixels(self, index: int = 0) -> "numpy.ndarray":
+        """The image's RGB pixels, (H, W, 3) uint8."""
+        import numpy
+        from PIL import Image
+        with Image.open(io.BytesIO(self.images[index])) as image:
+            return numpy.asarray(image.convert("RGB")).copy()
+
     def digest(self, index: int = 0) -> str:
         """A hash of the image's pixels (not of the PNG file, whose text chunk holds the
         infotext, which differs whenever the options written there differ)."""
@@ -77,6 +84,45 @@ class WebUI:
     def is_forge(self) -> bool:
         options = self.call("/sdapi/v1/options").body
         return any(str(k).startswith("forge_") for k in options)
+
+    def reload_ui(self, timeout: float = 600) -> None:
+        """Press Settings > Reload UI (the button's gradio function, as the page calls it),
+        then wait until the reloaded server answers with the extension's API check."""
+        config = self.call("/config").body
+        if not isinstance(config, dict):
+            pytest.skip("this WebUI serves no gradio page (--nowebui): it has no Reload UI")
+        button = {c["id"] for c in config.get("components", [])
+                  if (c.get("props") or {}).get("elem_id") == "settings_restart_gradio"}
+        fn_index = None
+        for index, dependency in enumerate(config.get("dependencies", [])):
+            targets = [t[0] if isinstance(t, (list, tuple)) else t for t in dependency.get("targets", [])]
+            if button & set(targets):
+                fn_index = dependency.get("id", index)
+                break
+        if fn_index is None:
+            pytest.fail("no Reload UI button in this WebUI's page")
+        try:
+            self.call("/run/predict", {"fn_index": fn_index, "data": [], "session_hash": "tilesampler"},
+                      timeout=30)
+        except OSError:
+            pass
+        deadline = time.time() + 60
+        while time.time() < deadline:   # wait until the old server is gone
+            try:
+                urllib.request.urlopen(self.url + "/sdapi/v1/sd-models", timeout=5).read()
+            except OSError:
+                break
+            time.sleep(0.5)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/sdapi/v1/sd-models", timeout=10).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"{self.url} did not come back within {timeout:.0f} s of Reload UI")
+                time.sleep(1)
+        wait_until_checked(self)
 
 
 PROBE = {"prompt": "probe", "steps": 1, "width": 64, "height": 64,
