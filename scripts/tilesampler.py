@@ -256,9 +256,15 @@ class TileSamplerScript(scripts.Script):
         planners = job.script.planners
         if planners and sum(pl.stats.tiled for pl in planners) == 0:
             values = job.values
-            report(p, "HyperTile tiled no attention layer: the image is too small for the tile "
-                      f"size {values['hypertile_tile_size']} px at max depth "
-                      f"{values['hypertile_max_depth']} (or the model has no attention there)", job)
+            by_draw = sum(pl.stats.whole_by_draw for pl in planners)
+            if by_draw:
+                why = (f"at every step the draw among the {values['hypertile_swap_size']} best "
+                       "window counts picked a single window; swap size 1 always splits")
+            else:
+                why = (f"the image is too small for the tile size {values['hypertile_tile_size']} px "
+                       f"at max depth {values['hypertile_max_depth']} (or the model has no "
+                       "attention there)")
+            report(p, f"HyperTile tiled no attention layer: {why}", job)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         job = self._job(p)
