@@ -256,8 +256,7 @@ class TileSamplerScript(scripts.Script):
         planners = job.script.planners
         if planners and sum(pl.stats.tiled for pl in planners) == 0:
             values = job.values
-            by_draw = sum(pl.stats.whole_by_draw for pl in planners)
-            if by_draw:
+            if sum(pl.stats.whole_by_draw for pl in planners):
                 why = (f"at every step the draw among the {values['hypertile_swap_size']} best "
                        "window counts picked a single window; swap size 1 always splits")
             else:
