@@ -62,6 +62,18 @@ def _vae_wrap(config: HyperTileConfig) -> Callable[..., Any]:
     return wrap
 
 
+def latent_recorder(planner: HyperTilePlanner) -> Callable[[torch.nn.Module, tuple, dict], None]:
+    """A forward pre-hook (``with_kwargs=True``) for a U-Net that tells ``planner`` the
+    latent size and the step (timesteps) of every call."""
+    def record_latent(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = first_tensor_arg(args, kwargs, _LATENT_NAMES)
+        if x is not None and x.ndim == 4:
+            t = args[1] if len(args) > 1 else next(
+                (kwargs[k] for k in _STEP_NAMES if kwargs.get(k) is not None), None)
+            planner.observe_latent(x.shape, t)
+    return record_latent
+
+
 def install_on_modules(unet: Optional[torch.nn.Module], planner: HyperTilePlanner,
                        vae: Optional[torch.nn.Module] = None) -> PatchSet:
     """Wrap every ``attn1`` of ``unet`` (when given) and the VAE mid attention (when
@@ -70,14 +82,7 @@ def install_on_modules(unet: Optional[torch.nn.Module], planner: HyperTilePlanne
     patches = PatchSet()
     try:
         if unet is not None:
-            def record_latent(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-                x = first_tensor_arg(args, kwargs, _LATENT_NAMES)
-                if x is not None and x.ndim == 4:
-                    t = args[1] if len(args) > 1 else next(
-                        (kwargs[k] for k in _STEP_NAMES if kwargs.get(k) is not None), None)
-                    planner.observe_latent(x.shape, t)
-
-            patches.add_handle(unet.register_forward_pre_hook(record_latent, with_kwargs=True))
+            patches.add_handle(unet.register_forward_pre_hook(latent_recorder(planner), with_kwargs=True))
             wrap = _attn1_wrap(planner)
             for _, module in self_attention_modules(unet):
                 patches.wrap_forward(module, wrap)
