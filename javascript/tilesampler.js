@@ -1,100 +1,94 @@
-// Tile Sampler: live previews of the HyperTile windows and of the resample tile grid for the
-// current image size, so the cost is visible before generating. Mirrors
-// lib_tilesampler/hypertile/geometry.py (window_count_options) and lib_tilesampler/tiling/plan.py (plan_tiles).
+// Tile Sampler: fills the accordion's preview lines (HyperTile's windows, the resample's
+// tiles, the job's U-Net calls, work and ETA). The numbers come from Python
+// (lib_tilesampler/preview.py, the code the job itself runs, also behind
+// POST /tilesampler/v1/plan): this script only gathers the values on the page as JSON, puts
+// them in the accordion's hidden request box and clicks its hidden button (debounced), so the
+// preview goes through the UI's own connection and works under its login.
 (function () {
     "use strict";
 
-    function numberOf(id) {
-        const root = gradioApp().getElementById(id);
-        const input = root && root.querySelector("input[type=number], input[type=range]");
-        return input ? Number(input.value) : NaN;
+    const TABS = ["txt2img", "img2img"];
+    const DELAY_MS = 300;         // wait for the user to stop typing or dragging
+    const REFRESH_MS = 5000;      // ask again after a while (the ETA improves with every job)
+    const sent = {};              // the last request sent per tab
+    const sentAt = {};
+    const timers = {};
+
+    const prefix = (tab) => "script_" + tab + "_tile_sampler_";
+    const byId = (id) => gradioApp().getElementById(id);
+
+    // The value of a control by its elem_id: an InputAccordion's header checkbox, a
+    // checkbox, a slider's number box, a dropdown's or textbox's text.
+    function valueOf(id) {
+        const header = byId(id + "-visible-checkbox");
+        if (header) return header.checked;
+        const root = byId(id);
+        if (!root) return undefined;
+        const box = root.querySelector("input[type=checkbox]");
+        if (box) return box.checked;
+        const number = root.querySelector("input[type=number]");
+        if (number) return number.value === "" ? undefined : Number(number.value);
+        const text = root.querySelector("textarea, input, select");
+        return text ? text.value : undefined;
     }
 
-    function checked(id) {
-        const root = gradioApp().getElementById(id);
-        const input = root && root.querySelector("input[type=checkbox]");
-        return Boolean(input && input.checked);
-    }
-
-    function windowCounts(side, minWindow, swap) {
-        const counts = [];
-        for (let size = Math.max(1, Math.min(minWindow, side)); size <= side && counts.length < swap; size++) {
-            if (side % size === 0) counts.push(side / size);
+    // The request of POST /tilesampler/v1/plan for what the tab shows now, or null when the
+    // tab's accordion is not on the page.
+    function gather(tab) {
+        const spec = byId(prefix(tab) + "plan_spec");
+        const keys = spec && spec.querySelector("[data-keys]");
+        if (!keys) return null;
+        const args = {};
+        for (const key of keys.dataset.keys.split(" ")) {
+            const value = valueOf(prefix(tab) + key);
+            if (value !== undefined) args[key] = value;
         }
-        return counts.length ? counts : [1];
-    }
-
-    function describe(tab) {
-        const id = (key) => "script_" + tab + "_tile_sampler_" + key;
-        const width = numberOf(tab + "_width"), height = numberOf(tab + "_height");
-        const tile = numberOf(id("hypertile_tile_size")), swap = numberOf(id("hypertile_swap_size"));
-        const maxDepth = numberOf(id("hypertile_max_depth"));
-        if (![width, height, tile, swap, maxDepth].every(Number.isFinite)) return "";
-        const scale = checked(id("hypertile_scale_depth"));
-        let h = Math.ceil(height / 8), w = Math.ceil(width / 8);
-        const lines = [];
-        for (let depth = 0; depth <= maxDepth; depth++) {
-            const minWindow = Math.floor(Math.max(32, tile) / 8) * (scale ? 2 ** depth : 1);
-            const nh = windowCounts(h, minWindow, swap), nw = windowCounts(w, minWindow, swap);
-            const best = nh[0] * nw[0];
-            lines.push("level " + depth + ": " + h + "\u00d7" + w + " tokens \u2192 " +
-                (best > 1 ? nh.join("/") + " \u00d7 " + nw.join("/") + " windows (attention up to " + best + "\u00d7 cheaper)"
-                          : "stays whole (no divisor leaves windows of " + minWindow + " cells)"));
-            h = Math.ceil(h / 2); w = Math.ceil(w / 2);
+        const request = {tab: tab, args: args};
+        const fields = {width: "width", height: "height", steps: "steps", batch_size: "batch_size",
+                        n_iter: "batch_count", sampler_name: "sampling",
+                        denoising_strength: "denoising_strength"};
+        if (tab === "txt2img") {
+            Object.assign(fields, {enable_hr: "hr", hr_scale: "hr_scale", hr_resize_x: "hr_resize_x",
+                                   hr_resize_y: "hr_resize_y", hr_second_pass_steps: "hires_steps"});
         }
-        return lines.join("<br>");
-    }
-
-    function dropdownValue(id) {
-        const root = gradioApp().getElementById(id);
-        const input = root && root.querySelector("input, select");
-        return input ? input.value : "";
-    }
-
-    // Latent-tile resample: tile grid and U-Net work per step (sum of tile areas / image area),
-    // as lib_tilesampler/tiling/plan.py plans it (tiles spread evenly, last one flush with the edge).
-    function describeResample(tab) {
-        const id = (key) => "script_" + tab + "_tile_sampler_" + key;
-        let width = numberOf(tab + "_width"), height = numberOf(tab + "_height");
-        if (tab === "txt2img" && (checked("txt2img_hr-checkbox") || checked("txt2img_enable_hr"))) {
-            const scale = numberOf("txt2img_hr_scale");
-            if (Number.isFinite(scale)) { width = Math.floor(width * scale / 8) * 8; height = Math.floor(height * scale / 8) * 8; }
+        for (const [field, id] of Object.entries(fields)) {
+            const value = valueOf(tab + "_" + id);
+            if (value !== undefined) request[field] = value;
         }
-        const tile = numberOf(id("resample_tile_size")), overlap = numberOf(id("resample_overlap"));
-        if (![width, height, tile, overlap].every(Number.isFinite)) return "";
-        if (tile >= width && tile >= height) return "tile not smaller than the image (" + width + "\u00d7" + height + "): nothing to tile";
-        const moving = dropdownValue(id("resample_mode")) === "moving";
-        // as lib_tilesampler.tiling.plan.axis_span: as few tiles of at most `tile` px as keep the
-        // overlap, shrunk to the least side that does (rounded up to 64 px within the tile)
-        const span = (size) => {
-            if (size <= tile) return [1, size];
-            if (moving) return [Math.ceil(size / tile), tile];
-            const cap = tile - tile % 64 > overlap ? tile - tile % 64 : tile;
-            const n = Math.ceil((size - overlap) / (cap - overlap));
-            const aligned = Math.ceil(Math.ceil((size + (n - 1) * overlap) / n) / 64) * 64;
-            return [n, aligned <= cap ? aligned : cap];
-        };
-        const [ny, th] = span(height), [nx, tw] = span(width);
-        const work = moving ? 1 : (ny * nx * th * tw) / (width * height);
-        return ny + "\u00d7" + nx + " tiles of " + tw + "\u00d7" + th + " px over " + width + "\u00d7" + height +
-            "; U-Net work per step \u2248 " + work.toFixed(2) + "\u00d7 an untiled pass";
+        return JSON.stringify(request);
     }
 
-    function show(box, text) {
-        if (box && box.dataset.text !== text) {
-            box.dataset.text = text;
-            box.innerHTML = text ? "<small>" + text + "</small>" : "";
+    function send(tab, json) {
+        const box = byId(prefix(tab) + "plan_request");
+        const input = box && box.querySelector("textarea, input");
+        const button = byId(prefix(tab) + "plan_button");
+        if (!input || !button) return false;
+        input.value = json;
+        updateInput(input);
+        button.click();
+        sent[tab] = json;
+        sentAt[tab] = Date.now();
+        return true;
+    }
+
+    function schedule() {
+        for (const tab of TABS) {
+            const json = gather(tab);
+            const stale = Date.now() - (sentAt[tab] || 0) > REFRESH_MS;
+            if (json === null || (json === sent[tab] && !stale)) continue;
+            clearTimeout(timers[tab]);
+            timers[tab] = setTimeout(function () {
+                const now = gather(tab);
+                if (now !== null) send(tab, now);
+            }, DELAY_MS);
         }
     }
 
-    function update() {
-        for (const tab of ["txt2img", "img2img"]) {
-            show(gradioApp().getElementById("script_" + tab + "_tile_sampler_hypertile_preview"), describe(tab));
-            show(gradioApp().getElementById("script_" + tab + "_tile_sampler_resample_preview"), describeResample(tab));
-        }
-    }
+    // Exposed for the tests (tests/test_javascript_page.py and tests/browser/).
+    window.tilesamplerPlanRequest = gather;
 
-    onUiLoaded(update);
-    onAfterUiUpdate(update);
-    document.addEventListener("input", update);
+    onUiLoaded(schedule);
+    onAfterUiUpdate(schedule);
+    document.addEventListener("input", schedule, true);
+    document.addEventListener("change", schedule, true);
 })();

@@ -27,7 +27,9 @@ class StageCount:
 
     runs: int = 0
     evaluations: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0          # summed intervals between timed evaluations
+    timed: int = 0                # evaluations whose duration is in ``seconds``
+    work_per_evaluation: float = 0.0   # work units of one evaluation (see ``preview``)
 
 
 class Job:
@@ -45,6 +47,8 @@ class Job:
         self.script: Any = None             # the script's per-job state
         self.closed = False
         self.started = time.perf_counter()
+        self.model: Optional[str] = None    # what the speed is measured for
+        self._last_call: Optional[tuple[str, float]] = None
         self._patches: list[PatchSet] = []
         self._on_close: list[Callable[[], None]] = []
 
@@ -67,12 +71,42 @@ class Job:
         self.notes.append(message)
         return True
 
-    def count(self, evaluations: int = 1, stage: Optional[str] = None) -> None:
-        """Count denoiser evaluations of the current (or the given) stage."""
-        self.stages.setdefault(stage or self.stage, StageCount()).evaluations += evaluations
+    def count(self, evaluations: int = 1, stage: Optional[str] = None,
+              now: Optional[float] = None) -> None:
+        """Count denoiser evaluations of the current (or the given) stage, and time them:
+        the interval from the previous evaluation of the same sampler run is the duration
+        of that one (the gaps between runs, decoding and upscaling are not counted)."""
+        name = stage or self.stage
+        counts = self.stages.setdefault(name, StageCount())
+        counts.evaluations += evaluations
+        now = time.perf_counter() if now is None else now
+        if self._last_call is not None and self._last_call[0] == name:
+            counts.seconds += now - self._last_call[1]
+            counts.timed += 1
+        self._last_call = (name, now)
 
     def count_run(self, stage: Optional[str] = None) -> None:
+        """A sampler run of the stage starts."""
         self.stages.setdefault(stage or self.stage, StageCount()).runs += 1
+        self.new_run()
+
+    def new_run(self) -> None:
+        """A sampler run starts: the next evaluation is not timed from the last one."""
+        self._last_call = None
+
+    def set_work(self, work_per_evaluation: float, stage: Optional[str] = None) -> None:
+        """The work units of one evaluation of the current (or the given) stage."""
+        self.stages.setdefault(stage or self.stage, StageCount()).work_per_evaluation = \
+            float(work_per_evaluation)
+
+    def measured(self) -> tuple[float, float]:
+        """``(seconds, work units)`` of the timed evaluations of stages of known work."""
+        seconds = work = 0.0
+        for s in self.stages.values():
+            if s.timed and s.work_per_evaluation > 0:
+                seconds += s.seconds
+                work += s.timed * s.work_per_evaluation
+        return seconds, work
 
     def close(self) -> None:
         """Undo every patch of the job and run its close callbacks; idempotent."""
@@ -99,7 +133,9 @@ class Job:
         """What ran, for the console and the API: evaluations and runs per stage."""
         return {"label": self.label, "closed": self.closed,
                 "seconds": round(time.perf_counter() - self.started, 3),
-                "stages": {name: {"runs": s.runs, "evaluations": s.evaluations}
+                "stages": {name: {"runs": s.runs, "evaluations": s.evaluations,
+                                  "seconds": round(s.seconds, 3), "timed": s.timed,
+                                  "work_per_evaluation": s.work_per_evaluation}
                            for name, s in self.stages.items()},
                 "notes": list(self.notes), **self.facts}
 

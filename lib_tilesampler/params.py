@@ -79,22 +79,33 @@ def _coerce(f: Field, value: Any) -> Any:
 
 
 MASTER = Field("enabled", "Tile Sampler", "Tile Sampler", bool, False,
-               info="Master switch of the extension.")
+               info="Master switch of the extension: HyperTile and the latent tile resample "
+                    "run only while it is on.")
 
+# Labels are unique within the script: the WebUI's ui-config.json keys a control by script
+# file, tab and label, so two controls with one label would share their saved value and
+# range (the resample tile size once showed HyperTile's 256 px and 2048 px maximum). A
+# label never used before also leaves a ui-config.json of an older release behind.
 HYPERTILE_FIELDS: tuple[Field, ...] = (
     Field("hypertile", "HyperTile", "HyperTile", bool, False, group="hypertile",
-          info="Split U-Net self-attention into windows (faster at large sizes).", xyz=True),
-    Field("hypertile_tile_size", "Tile size (px)", "HyperTile tile size", int, 256, 64, 2048, 16,
-          group="hypertile", info="Smallest window side in image pixels.", xyz=True),
+          info="Split U-Net self-attention into windows of the token grid: large images "
+               "sample faster.", xyz=True),
+    Field("hypertile_tile_size", "HyperTile tile (px)", "HyperTile tile size", int, 256, 64, 2048,
+          16, group="hypertile", xyz=True,
+          info="Smallest window side in image pixels (a latent cell is 8 px). A side with no "
+               "divisor leaving windows this large stays whole."),
     Field("hypertile_swap_size", "Swap size", "HyperTile swap size", int, 2, 1, 16, 1,
-          group="hypertile", info="How many of the best window counts to draw from.", xyz=True),
+          group="hypertile", xyz=True,
+          info="The window count per axis is drawn among this many of the best divisors at "
+               "every step, so window borders move (1 = fixed borders, which can show)."),
     Field("hypertile_max_depth", "Max depth", "HyperTile max depth", int, 0, 0, 3, 1,
-          group="hypertile", info="Deepest U-Net level to tile (0 = full latent resolution).",
-          xyz=True),
+          group="hypertile", xyz=True,
+          info="Deepest U-Net level tiled: 0 = full latent resolution, 1 = half, ... (SDXL has "
+               "no attention at level 0: use 1 or more)."),
     Field("hypertile_scale_depth", "Scale depth", "HyperTile scale depth", bool, False,
-          group="hypertile", info="Double the window size at each deeper level."),
+          group="hypertile", info="Double the window side at each deeper level."),
     Field("hypertile_vae", "VAE attention", "HyperTile VAE", bool, False, group="hypertile",
-          info="Also tile the VAE mid-block attention."),
+          info="Also tile the VAE's mid-block attention (windows of at least 128 px)."),
 )
 
 SAME = "same as main"
@@ -104,39 +115,49 @@ RESAMPLE_WEIGHTS = ("gaussian", "uniform")
 
 RESAMPLE_FIELDS: tuple[Field, ...] = (
     Field("resample", "Latent tile resample", "Resample", bool, False, group="resample",
-          info="Re-denoise a latent larger than the tile, tile by tile, without seams."),
+          info="Re-denoise a latent larger than the tile, tile by tile, at partial denoise, "
+               "and put it back together without seams."),
     Field("resample_mode", "Mode", "Resample mode", str, "fused", choices=RESAMPLE_MODES,
           group="resample", xyz=True,
-          info="independent: each tile sampled on its own, then blended; fused: one sampling, "
-               "every step split into overlapping tiles (MultiDiffusion); moving: no overlap, "
-               "the tile grid moves every step (SpotDiffusion)."),
+          info="independent: each tile sampled on its own, then crossfaded over the overlap; "
+               "fused: one sampling whose every step is split into overlapping tiles "
+               "(MultiDiffusion); moving: no overlap, the tile grid moves every step "
+               "(SpotDiffusion)."),
     Field("resample_where", "Where", "Resample where", str, "after", choices=RESAMPLE_WHERE,
           group="resample",
-          info="after: a resample pass on the final latent; during: also tile the main and "
-               "hires sampling when the latent is larger than the tile."),
+          info="after: one resample pass on the final latent (after the hires pass); during: "
+               "that pass, and the main and hires sampling are tiled too when their latent is "
+               "larger than the tile (large images in little memory)."),
     Field("resample_weights", "Tile weights", "Resample weights", str, "gaussian",
           choices=RESAMPLE_WEIGHTS, group="resample",
-          info="fused mode: Gaussian (Mixture of Diffusers) or uniform (MultiDiffusion)."),
-    Field("resample_tile_size", "Tile size (px)", "Resample tile size", int, 1024, 256, 4096, 64,
-          group="resample", xyz=True,
-          info="Largest tile side; tiles are as few as it allows, shrunk to what the overlap needs."),
+          info="Fused mode's blend: gaussian (Mixture of Diffusers) or uniform, the plain "
+               "average (MultiDiffusion)."),
+    Field("resample_tile_size", "Resample tile (px)", "Resample tile size", int, 1024, 256, 4096,
+          64, group="resample", xyz=True,
+          info="Largest tile side in image pixels (what fits in memory); tiles are as few as "
+               "it allows, shrunk to the least side that keeps the overlap."),
     Field("resample_overlap", "Overlap (px)", "Resample overlap", int, 128, 0, 2048, 8,
           group="resample", xyz=True,
           info="Least overlap between neighbouring tiles. Unused in moving mode."),
-    Field("resample_batch", "Tile batch size", "Resample tile batch", int, 1, 1, 32, 1,
-          group="resample", info="Tiles per U-Net call (more is faster, needs more memory)."),
+    Field("resample_batch", "Tile batch", "Resample tile batch", int, 1, 1, 32, 1,
+          group="resample",
+          info="Tiles per U-Net call: faster with more, needs more memory; the result does "
+               "not depend on it."),
     Field("resample_denoise", "Denoise", "Resample denoise", float, 0.25, 0.0, 1.0, 0.01,
-          group="resample", xyz=True, info="0 leaves the latent unchanged."),
-    Field("resample_steps", "Steps (0 = same as main)", "Resample steps", int, 30, 0, 150, 1,
-          group="resample"),
-    Field("resample_cfg", "CFG (0 = same as main)", "Resample CFG", float, 5.0, 0.0, 30.0, 0.5,
-          group="resample"),
+          group="resample", xyz=True,
+          info="The pass runs the last steps x denoise steps of its schedule; 0 leaves the "
+               "latent unchanged."),
+    Field("resample_steps", "Steps (0 = main)", "Resample steps", int, 30, 0, 150, 1,
+          group="resample", info="Length of the pass's schedule; 0 = the main pass's steps."),
+    Field("resample_cfg", "CFG (0 = main)", "Resample CFG", float, 5.0, 0.0, 30.0, 0.5,
+          group="resample", info="CFG scale of the pass; 0 = the main pass's CFG."),
     Field("resample_sampler", "Sampler", "Resample sampler", str, SAME, group="resample",
           info="A sampler of the WebUI, or 'same as main'."),
     Field("resample_scheduler", "Schedule type", "Resample scheduler", str, SAME, group="resample",
           info="A schedule type of the WebUI, or 'same as main'."),
-    Field("resample_seed", "Seed (-1 = the image's seed)", "Resample seed", int, -1, -1,
-          2 ** 32 - 1, 1, group="resample"),
+    Field("resample_seed", "Seed (-1 = image's)", "Resample seed", int, -1, -1,
+          2 ** 32 - 1, 1, group="resample",
+          info="-1 = each image's own seed; otherwise image i of the job gets this seed + i."),
 )
 
 FIELDS: tuple[Field, ...] = (MASTER,) + HYPERTILE_FIELDS + RESAMPLE_FIELDS

@@ -4,15 +4,19 @@ The maths lives in ``lib_tilesampler``; the host specifics in ``lib_tilesampler/
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import gradio as gr
 
 from modules import script_callbacks, scripts
-from modules.ui_components import InputAccordion
+from modules.ui_components import FormRow, InputAccordion
 
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.preview import PlanRequestError, plan_job, stage_work_per_evaluation, tiling_of
+from lib_tilesampler.preview_text import error_html, preview_html
+from lib_tilesampler.speed import SPEED
 from lib_tilesampler.hypertile.geometry import HyperTileConfig
 from lib_tilesampler.job import JOBS, Job
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap
@@ -21,31 +25,38 @@ JOB_ATTR = "_tilesampler_job"
 LOG_PREFIX = "[Tile Sampler]"
 
 HYPERTILE_LAYOUT = (
-    ("hypertile",),
     ("hypertile_tile_size", "hypertile_swap_size", "hypertile_max_depth"),
     ("hypertile_scale_depth", "hypertile_vae"),
 )
 RESAMPLE_LAYOUT = (
-    ("resample",),
     ("resample_mode", "resample_where", "resample_weights"),
     ("resample_tile_size", "resample_overlap", "resample_batch"),
     ("resample_denoise", "resample_steps", "resample_cfg"),
     ("resample_sampler", "resample_scheduler", "resample_seed"),
 )
+GROUPS = (("hypertile", HYPERTILE_LAYOUT), ("resample", RESAMPLE_LAYOUT))
 
 
 def _control(field: P.Field, elem_id: str, choices: Optional[list] = None) -> Any:
-    """The gradio control of one option."""
-    info = field.info or None
+    """The gradio control of one option; its details are the host's hover tooltip."""
+    common = dict(label=field.label, value=field.default, elem_id=elem_id,
+                  tooltip=field.info or None)
     if field.kind is bool:
-        return gr.Checkbox(label=field.label, value=field.default, elem_id=elem_id, info=info)
+        return gr.Checkbox(**common)
     if field.choices or choices is not None:
-        return gr.Dropdown(label=field.label, choices=list(choices or field.choices),
-                           value=field.default, elem_id=elem_id, info=info)
+        return gr.Dropdown(choices=list(choices or field.choices), **common)
     if field.kind is str:
-        return gr.Textbox(label=field.label, value=field.default, elem_id=elem_id, info=info)
-    return gr.Slider(label=field.label, minimum=field.minimum, maximum=field.maximum,
-                     step=field.step, value=field.default, elem_id=elem_id, info=info)
+        return gr.Textbox(**common)
+    if field.kind is int and field.maximum is not None and field.maximum > 2 ** 16:
+        return gr.Number(precision=0, **common)     # a seed, as the WebUI's own seed box
+    return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=field.step, **common)
+
+
+def _hidden(component: Any) -> Any:
+    """A control the page's script uses but the user never sees, and the WebUI does not
+    save in ui-config.json."""
+    component.do_not_save_to_config = True
+    return component
 
 
 def _paste_value(field: P.Field):
@@ -56,6 +67,19 @@ def _paste_value(field: P.Field):
     if field.kind is bool:
         return lambda d: str(d.get(field.infotext, "False")).strip().lower() == "true"
     return field.infotext
+
+
+def _preview(request_json: str) -> tuple[str, str, str]:
+    """The preview lines for the page's request (the job's fields and our options as
+    JSON, gathered by javascript/tilesampler.js): the plan of ``POST /tilesampler/v1/plan``."""
+    try:
+        request = json.loads(request_json or "{}")
+        if not isinstance(request, dict):
+            raise ValueError("not a JSON object")
+        plan = plan_job(request, SPEED.seconds_per_unit(get_host().model_key()))
+    except (ValueError, P.ParamError, PlanRequestError) as e:
+        return error_html(str(e))
+    return preview_html(plan)
 
 
 def report(p: Any, message: str, job: Optional[Job] = None) -> None:
@@ -118,15 +142,35 @@ class TileSamplerScript(scripts.Script):
         choices = {"resample_sampler": [P.SAME] + host.sampler_names(),
                    "resample_scheduler": [P.SAME] + host.scheduler_names()}
         made: dict[str, Any] = {}
-        with InputAccordion(False, label="Tile Sampler", elem_id=self.elem_id("enabled")) as enabled:
-            made[P.MASTER.key] = enabled
-            for group, layout in (("hypertile", HYPERTILE_LAYOUT), ("resample", RESAMPLE_LAYOUT)):
-                with gr.Group(elem_id=self.elem_id(f"{group}_group")):
+        previews: list[Any] = []
+        master = P.MASTER
+        with InputAccordion(False, label=master.label, elem_id=self.elem_id(master.key),
+                            tooltip=master.info) as enabled:
+            made[master.key] = enabled
+            for group, layout in GROUPS:
+                switch = P.FIELDS_BY_KEY[group]
+                with InputAccordion(False, label=switch.label, elem_id=self.elem_id(group),
+                                    tooltip=switch.info) as on:
+                    made[group] = on
                     for row in layout:
-                        with gr.Row():
+                        with FormRow():
                             for key in row:
-                                made[key] = _control(P.FIELDS_BY_KEY[key], self.elem_id(key), choices.get(key))
-                    gr.HTML("", elem_id=self.elem_id(f"{group}_preview"))  # filled by javascript/
+                                made[key] = _control(P.FIELDS_BY_KEY[key], self.elem_id(key),
+                                                     choices.get(key))
+                    previews.append(gr.HTML("", elem_id=self.elem_id(f"{group}_preview")))
+            previews.append(gr.HTML("", elem_id=self.elem_id("cost_preview")))
+            # The page's script puts the job's fields and our options here as JSON and
+            # clicks the button; the answer fills the preview lines (javascript/).
+            with gr.Row(elem_classes=["tilesampler-hidden"]):
+                keys = " ".join(f.key for f in P.FIELDS)
+                gr.HTML(f'<div data-keys="{keys}"></div>', elem_id=self.elem_id("plan_spec"))
+                request = _hidden(gr.Textbox("", label="Tile Sampler plan request",
+                                             elem_id=self.elem_id("plan_request"),
+                                             elem_classes=["tilesampler-hidden"]))
+                button = _hidden(gr.Button("Tile Sampler plan", elem_id=self.elem_id("plan_button"),
+                                           elem_classes=["tilesampler-hidden"]))
+            button.click(fn=_preview, inputs=[request], outputs=previews,
+                         show_progress=False, queue=False)
         self.infotext_fields = [(made[f.key], _paste_value(f)) for f in P.FIELDS]
         self.paste_field_names = [f.infotext for f in P.FIELDS if f.group]
         return [made[f.key] for f in P.FIELDS]
@@ -140,6 +184,7 @@ class TileSamplerScript(scripts.Script):
         if not P.to_infotext(values):
             return
         job = JOBS.open(Job(values, key=host.job_key(), label="Tile Sampler"))
+        job.model = host.model_key()
         job.script = PassState()
         host.end_with_generation(job)
         setattr(p, JOB_ATTR, job)
@@ -203,6 +248,7 @@ class TileSamplerScript(scripts.Script):
                 self._install_hypertile(p, job, hr)
             if P.group_enabled(values, "resample") and sampler is not None:
                 self._prepare_resample(p, job, hr, kwargs.get("x"))
+            self._measure(job, kwargs.get("x"))
             if sampler is not None:
                 after = (lambda: self._after(p, job)) if last_pass else (lambda: None)
                 host.watch_sampler(p, job, sampler, after)
@@ -237,6 +283,18 @@ class TileSamplerScript(scripts.Script):
             state.during = make_wrap(plan, host.show_tiles, host.should_stop)
             host.wrap_sampling(p, job, p.sampler, lambda: state.during)
 
+    @staticmethod
+    def _measure(job: Job, x: Any) -> None:
+        """The work of one evaluation of this pass (the job times its evaluations; the
+        speed per work unit gives the preview's ETA)."""
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 4:
+            return
+        height, width = int(shape[-2]) * 8, int(shape[-1]) * 8
+        state = job.script
+        tiling = tiling_of(state.plan, width, height, after=False) if state.during else None
+        job.set_work(stage_work_per_evaluation(width, height, int(shape[0]), tiling))
+
     def _after(self, p: Any, job: Job) -> Optional[Any]:
         """The resample pass for the latent the last pass returns, or None."""
         state = job.script
@@ -245,6 +303,10 @@ class TileSamplerScript(scripts.Script):
         plan, seeds = state.plan, list(state.seeds)
 
         def after(samples: Any, sampler: Any) -> Any:
+            height, width = int(samples.shape[-2]) * 8, int(samples.shape[-1]) * 8
+            job.set_work(stage_work_per_evaluation(width, height, int(samples.shape[0]),
+                                                   tiling_of(plan, width, height, after=True)),
+                         stage="resample")
             return get_host().resample_after(p, job, samples, sampler, plan, job.values, seeds)
         return after
 
@@ -276,6 +338,7 @@ class TileSamplerScript(scripts.Script):
                                                 "skipped_depth", "unknown_shape")}
             print(f"{LOG_PREFIX} HyperTile: {planners[-1].stats.summary()}")
         JOBS.close(job)
+        SPEED.record(job.model, *job.measured())
         print(f"{LOG_PREFIX} {job.summary()}")
 
 

@@ -1,4 +1,6 @@
-"""API glue: bad Tile Sampler args (``alwayson_scripts``) or infotext keys of ours (the
+"""API glue. ``POST /tilesampler/v1/plan`` answers the plan of a job (stages, HyperTile's
+windows, the resample's tiles, U-Net calls, work and ETA: ``lib_tilesampler/preview.py``),
+the numbers the accordion shows. Bad Tile Sampler args (``alwayson_scripts``) or infotext keys of ours (the
 ``infotext`` field) in /sdapi/v1/txt2img and img2img requests get an HTTP 422 with a
 readable message instead of a job that runs without the extension. The checks run after
 the host's authentication and its own validation of the request (see
@@ -12,10 +14,14 @@ from modules import script_callbacks
 from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
     request_fit_error
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.hosts.api_routes import plan_endpoint
 from lib_tilesampler.job import JOBS
+from lib_tilesampler.preview import plan_job
+from lib_tilesampler.speed import SPEED
 
 TITLE = "Tile Sampler"
 LAST_JOB_PATH = "/tilesampler/v1/jobs/last"
+PLAN_PATH = "/tilesampler/v1/plan"
 
 
 def _last_steps(request: ApiRequest) -> Optional[int]:
@@ -49,6 +55,11 @@ def last_job() -> dict:
     return job.summary() if job is not None else {}
 
 
+def plan(request: Mapping[str, Any]) -> dict:
+    """The plan of the job ``request`` describes, with the ETA measured for the loaded model."""
+    return plan_job(request, SPEED.seconds_per_unit(get_host().model_key()))
+
+
 def _install(_demo: Any, app: Any) -> None:
     host = get_host()
     checks = host.api_request_checks(app)
@@ -56,6 +67,8 @@ def _install(_demo: Any, app: Any) -> None:
     checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
     if not any(getattr(r, "path", None) == LAST_JOB_PATH for r in app.routes):
         host.add_api_route(app, LAST_JOB_PATH, last_job, methods=["GET"])
+    if not any(getattr(r, "path", None) == PLAN_PATH for r in app.routes):
+        host.add_api_route(app, PLAN_PATH, plan_endpoint(plan), methods=["POST"])
 
 
 script_callbacks.on_app_started(_install, name="tilesampler_api_check")

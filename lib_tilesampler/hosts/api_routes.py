@@ -157,3 +157,25 @@ def add_api_route(app: Any, path: str, endpoint: Callable[..., Any], **kwargs: A
     ``auth_dependencies``); ``dependencies`` of the caller's come after it."""
     dependencies = auth_dependencies(app) + list(kwargs.pop("dependencies", None) or [])
     app.add_api_route(path, endpoint, dependencies=dependencies, **kwargs)
+
+
+PlanFunction = Callable[[Mapping[str, Any]], dict]
+
+
+def plan_endpoint(plan: PlanFunction) -> Callable[..., Any]:
+    """The endpoint of ``POST /tilesampler/v1/plan``: the JSON body is a txt2img / img2img
+    request (its ``tab``, size, steps, hires fields and the Tile Sampler args, see
+    ``preview.plan_job``); the answer is ``plan(body)``, or HTTP 422 naming the bad field."""
+    from fastapi import Body
+    from starlette.responses import JSONResponse
+
+    from ..params import ParamError
+    from ..preview import PlanRequestError
+
+    def endpoint(request: dict = Body(...)) -> Any:
+        try:
+            return plan(request)
+        except (ParamError, PlanRequestError) as e:
+            return JSONResponse(status_code=422, content=error_body(f"Tile Sampler: {e}"))
+    endpoint.__name__ = "tilesampler_plan"
+    return endpoint

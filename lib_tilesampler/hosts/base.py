@@ -97,4 +97,7 @@ class Host(Protocol):
 
     def should_stop(self) -> bool: ...
 
+    def model_key(self) -> Optional[str]:
+        """The loaded model, as the speed measurements are kept (its short hash)."""
+
     def show_tiles(self, done: int, total: int) -> None: ...

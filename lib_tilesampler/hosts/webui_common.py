@@ -188,6 +188,7 @@ class WebUIFamilyHost:
         patches = PatchSet()
 
         def call(inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+            job.new_run()
             try:
                 samples = inner(*args, **kwargs)
                 then = after()
@@ -333,10 +334,27 @@ class WebUIFamilyHost:
         from modules import shared
         return bool(shared.state.interrupted or shared.state.skipped)
 
-    @staticmethod
-    def show_tiles(done: int, total: int) -> None:
+    def show_tiles(self, done: int, total: int) -> None:
+        """The progress text: the stage, the tile and the step of the sampler run (the
+        host's bar and ETA count the runs and the steps)."""
         from modules import shared
-        shared.state.textinfo = f"{STATE_TEXT}: tile {done}/{total}"
+        job = self.current_job()
+        stage = f" {job.stage}" if job is not None else ""
+        state = shared.state
+        step = ""
+        if getattr(state, "sampling_steps", 0):
+            step = f", step {min(state.sampling_step + 1, state.sampling_steps)}/{state.sampling_steps}"
+        state.textinfo = f"{STATE_TEXT}{stage}: tile {done}/{total}{step}"
+
+    @staticmethod
+    def model_key() -> Optional[str]:
+        """What the speed of sampling is measured for: the loaded checkpoint's short hash
+        (its title when the hash is not known yet)."""
+        from modules import shared
+        info = getattr(getattr(shared, "sd_model", None), "sd_checkpoint_info", None)
+        if info is None:
+            return getattr(shared.opts, "sd_model_checkpoint", None) or None
+        return getattr(info, "shorthash", None) or getattr(info, "title", None) or None
 
     @staticmethod
     def add_progress_jobs(n: int) -> None:
