@@ -43,6 +43,7 @@ class Job:
         self.facts: dict[str, Any] = {}      # what the job measured, for the console and API
         self.stages: dict[str, StageCount] = {}
         self.stage = "main"
+        self.tiles: Optional[tuple[int, int]] = None   # (done, total) of a tiled stage
         self.host: Any = None               # the host adapter's per-job state
         self.script: Any = None             # the script's per-job state
         self.closed = False

@@ -59,13 +59,28 @@ def _hidden(component: Any) -> Any:
     return component
 
 
+class _PasteKey(str):
+    """An infotext key that is also a function of the parsed infotext. The WebUI's paste
+    calls it (so a checkbox whose key is missing turns off); its *Send to txt2img / img2img*
+    buttons carry the controls whose key is in ``paste_field_names``, and find it by the key."""
+
+    def __new__(cls, key: str, read: Any) -> "_PasteKey":
+        self = super().__new__(cls, key)
+        self.read = read
+        return self
+
+    def __call__(self, params: dict) -> Any:
+        return self.read(params)
+
+
 def _paste_value(field: P.Field):
     """Infotext -> control value; a checkbox whose key is missing is turned off."""
     if field.key == P.MASTER.key:
         keys = [f.infotext for f in P.FIELDS if f.group]
-        return lambda d: any(k in d for k in keys)
+        return _PasteKey(field.infotext, lambda d: any(k in d for k in keys))
     if field.kind is bool:
-        return lambda d: str(d.get(field.infotext, "False")).strip().lower() == "true"
+        return _PasteKey(field.infotext,
+                         lambda d: str(d.get(field.infotext, "False")).strip().lower() == "true")
     return field.infotext
 
 
@@ -172,7 +187,7 @@ class TileSamplerScript(scripts.Script):
             button.click(fn=_preview, inputs=[request], outputs=previews,
                          show_progress=False, queue=False)
         self.infotext_fields = [(made[f.key], _paste_value(f)) for f in P.FIELDS]
-        self.paste_field_names = [f.infotext for f in P.FIELDS if f.group]
+        self.paste_field_names = [f.infotext for f in P.FIELDS]
         return [made[f.key] for f in P.FIELDS]
 
     # ------------------------------------------------------------------ job hooks
@@ -240,6 +255,8 @@ class TileSamplerScript(scripts.Script):
         host = get_host()
         hr = bool(getattr(p, "is_hr_pass", False))
         job.stage = "hires" if hr else "main"
+        job.tiles = None
+        host.show_progress(job)
         values = job.values
         sampler = getattr(p, "sampler", None)
         last_pass = hr or not getattr(p, "enable_hr", False)

@@ -101,3 +101,6 @@ class Host(Protocol):
         """The loaded model, as the speed measurements are kept (its short hash)."""
 
     def show_tiles(self, done: int, total: int) -> None: ...
+
+    def show_progress(self, job: Job) -> None:
+        """Refresh the progress text of ``job``'s tiled stage (cleared outside one)."""

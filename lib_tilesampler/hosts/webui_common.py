@@ -137,6 +137,8 @@ class WebUIFamilyHost:
         if job is None:
             return
         job.count()
+        if job.tiles is not None:
+            self.show_progress(job)
         self.follow_model(job, params)
 
     def _on_model_loaded(self, sd_model: Any) -> None:
@@ -335,16 +337,29 @@ class WebUIFamilyHost:
         return bool(shared.state.interrupted or shared.state.skipped)
 
     def show_tiles(self, done: int, total: int) -> None:
-        """The progress text: the stage, the tile and the step of the sampler run (the
-        host's bar and ETA count the runs and the steps)."""
-        from modules import shared
+        """``done`` of the stage's ``total`` tiles are done (``done < total``: the next
+        ones are being sampled): the progress text says so until the stage ends."""
         job = self.current_job()
-        stage = f" {job.stage}" if job is not None else ""
+        if job is not None:
+            job.tiles = (done, total)
+            self.show_progress(job)
+
+    @staticmethod
+    def show_progress(job: Job) -> None:
+        """The progress text of a tiled stage: the stage, the tile being sampled and the
+        step (refreshed at every evaluation; the host's bar and ETA count the sampler
+        runs and the steps). Outside a tiled stage a text of ours is cleared."""
+        from modules import shared
         state = shared.state
+        if job.tiles is None:
+            if str(getattr(state, "textinfo", "") or "").startswith(STATE_TEXT):
+                state.textinfo = None
+            return
+        done, total = job.tiles
         step = ""
         if getattr(state, "sampling_steps", 0):
             step = f", step {min(state.sampling_step + 1, state.sampling_steps)}/{state.sampling_steps}"
-        state.textinfo = f"{STATE_TEXT}{stage}: tile {done}/{total}{step}"
+        state.textinfo = f"{STATE_TEXT} {job.stage}: tile {min(done + 1, total)}/{total}{step}"
 
     @staticmethod
     def model_key() -> Optional[str]:
@@ -454,6 +469,8 @@ class WebUIFamilyHost:
                                _repeat_conds(c, k), _repeat_conds(uc, k), tile_cond, None, **masks)
 
         previous_stage, job.stage = job.stage, RESAMPLE_STAGE
+        if plan.mode != "moving":
+            self.show_tiles(0, len(plan.tiles(*latent_hw)))
         try:
             out = run_resample(samples, plan, seeds, sample_whole, sample_tiles,
                                on_tile=self.show_tiles, should_stop=self.should_stop)
@@ -463,6 +480,8 @@ class WebUIFamilyHost:
             out = samples
         finally:
             job.stage = previous_stage
+            job.tiles = None
+            self.show_progress(job)
             p.extra_generation_params.clear()
             p.extra_generation_params.update(saved_infotext)
             for _ in range(planned_runs - runs[0]):   # runs skipped: keep the bar's total true

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from lib_tilesampler import params as P
 from webui import TITLE
 
 STEPS = int(os.environ.get("TILESAMPLER_IT_STEPS", "4"))
@@ -51,8 +52,8 @@ def test_the_script_is_listed_with_readable_labels(webui):
     info = [s for s in webui.call("/sdapi/v1/script-info").body if s["name"] == TITLE]
     assert len(info) == 2 and all(s["is_alwayson"] for s in info)
     labels = [a["label"] for a in info[0]["args"]]
-    assert labels[1:7] == ["HyperTile", "Tile size (px)", "Swap size", "Max depth", "Scale depth",
-                          "VAE attention"]
+    assert labels == [f.label for f in P.FIELDS]
+    assert len(set(labels)) == len(labels)      # ui-config.json keys controls by label
     tile = info[0]["args"][2]
     assert (tile["value"], tile["minimum"], tile["maximum"]) == (256, 64, 2048)
 

@@ -203,7 +203,8 @@ def test_the_pass_runs_exactly_the_seed_nodes_steps(webui):
         answer = webui.call("/sdapi/v1/txt2img", payload(named, override_settings={"img2img_fix_steps": fix}))
         assert answer.status == 200, answer.body
         stages = last_job(webui)["stages"]
-        assert stages["resample"] == {"runs": 3, "evaluations": 3 * 10}, stages
+        resample = stages["resample"]
+        assert (resample["runs"], resample["evaluations"]) == (3, 3 * 10), stages
 
 
 def refiner_name(webui):
