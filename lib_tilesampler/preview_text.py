@@ -64,7 +64,8 @@ def resample_lines(plan: Mapping[str, Any]) -> list[str]:
         return [line, "denoise 0: the pass leaves the latent unchanged"]
     stage = next(s for s in plan["stages"] if s["name"] == "resample")
     if r["mode"] == "independent":
-        how = f"{r['batches']} sampler runs of {r['steps_run']} steps"
+        runs = "1 sampler run" if r["batches"] == 1 else f"{r['batches']} sampler runs"
+        how = f"{runs} of {r['steps_run']} steps"
     else:
         how = f"{r['steps_run']} steps of {r['batches']} U-Net calls"
     return [line, f"{r['mode']}: {how} ({r['steps_run']} of a {r['steps']}-step schedule), "
@@ -76,7 +77,7 @@ def cost_line(plan: Mapping[str, Any]) -> str:
     """The whole job: U-Net calls per stage, work units, and the ETA once measured."""
     total = plan["total"]
     calls = " + ".join(f"{s['unet_calls']} {s['name']}" for s in plan["stages"])
-    images = f" per batch of {plan['images']} images" if plan["images"] > 1 else ""
+    images = f" for {plan['images']} images" if plan["images"] > 1 else ""
     line = f"Job: {calls} U-Net calls; work {total['work']:.1f} units{images}"
     if total["work_without_resample"] and total["work"] != total["work_without_resample"]:
         line += f" ({total['work'] / total['work_without_resample']:.2f}{TIMES} the job without the resample)"

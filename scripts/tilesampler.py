@@ -159,13 +159,11 @@ class TileSamplerScript(scripts.Script):
         made: dict[str, Any] = {}
         previews: list[Any] = []
         master = P.MASTER
-        with InputAccordion(False, label=master.label, elem_id=self.elem_id(master.key),
-                            tooltip=master.info) as enabled:
+        with InputAccordion(False, label=master.label, elem_id=self.elem_id(master.key)) as enabled:
             made[master.key] = enabled
             for group, layout in GROUPS:
                 switch = P.FIELDS_BY_KEY[group]
-                with InputAccordion(False, label=switch.label, elem_id=self.elem_id(group),
-                                    tooltip=switch.info) as on:
+                with InputAccordion(False, label=switch.label, elem_id=self.elem_id(group)) as on:
                     made[group] = on
                     for row in layout:
                         with FormRow():
