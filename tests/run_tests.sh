@@ -12,4 +12,11 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
 "$PY" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 "$PY" -m pip install -q --disable-pip-version-check --no-deps stable-diffusion-sdkit==2.1.5
+# tests/test_javascript_page.py runs javascript/ in headless Chromium (Debian's package; it
+# skips without one). In CI, as root, install it when missing (about a minute).
+if [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && ! command -v chromium >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "could not install chromium: tests/test_javascript_page.py will skip"
+fi
 exec "$PY" -m pytest -q tests "$@"
