@@ -13,7 +13,7 @@ latent). A stage's work is its evaluations times the latent area its U-Net calls
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from . import params as P
 from .hypertile.geometry import HyperTileConfig, level_grid, window_count_options
@@ -243,7 +243,3 @@ def tiling_of(plan: TilePlan, width: int, height: int, after: bool) -> Optional[
     if plan.mode == "independent":
         layout["per_step"] = False
     return layout
-
-
-def stage_names(plan: Mapping[str, Any]) -> Sequence[str]:
-    return [s["name"] for s in plan["stages"]]
