@@ -14,7 +14,7 @@ from modules.ui_components import InputAccordion
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.hypertile.geometry import HyperTileConfig
-from lib_tilesampler.job import JOBS, Job
+from lib_tilesampler.job import JOBS, TOOL_ATTR, Job
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap
 
 JOB_ATTR = "_tilesampler_job"
@@ -156,6 +156,10 @@ class TileSamplerScript(scripts.Script):
         except P.ParamError as e:
             report(p, f"{e}. The extension is off for this job.")
             return P.defaults()
+        if getattr(p, TOOL_ATTR, None) and P.group_enabled(values, "resample"):
+            values["resample"] = False
+            report(p, "the latent tile resample is off in this job: the Tile Sampler tools' "
+                      "refine & upscale tiles it itself")
         if P.group_enabled(values, "resample"):
             try:
                 values = host.resolve_names(values)

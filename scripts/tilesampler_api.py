@@ -10,9 +10,12 @@ from typing import Any, Mapping, Optional
 from modules import script_callbacks
 
 from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
-    request_fit_error
+    check_script_args, request_fit_error
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.job import JOBS
+from lib_tilesampler.params import ParamError
+from lib_tilesampler.tools import options as O
+from lib_tilesampler.tools.refine_upscale_check import request_tool_error
 
 TITLE = "Tile Sampler"
 LAST_JOB_PATH = "/tilesampler/v1/jobs/last"
@@ -32,6 +35,8 @@ def _last_steps(request: ApiRequest) -> Optional[int]:
 
 def _args_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
     host = get_host()
+    if request.script_args(O.TITLE) is not None:   # the tool turns the resample off itself
+        return host.name_error(values)
     return host.name_error(values) or request_fit_error(values, request) \
         or host.settings_error(values, _last_steps(request))
 
@@ -40,6 +45,49 @@ def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[
     if request.alwayson_args(TITLE) is not None:  # the args given win over the infotext's
         return get_host().name_error(values)
     return _args_extra(values, request)
+
+
+def tool_values(request: ApiRequest) -> Optional[dict]:
+    """The values the Script tab's script runs with for a request that names it: the named
+    dict's keys over the values pasted from the request's ``infotext`` (over the defaults),
+    or the positional args as given; None when the request does not name the script.
+    ``ParamError`` for a bad value."""
+    args = request.script_args(O.TITLE)
+    if args is None:
+        return None
+    if isinstance(args, ParamError):
+        raise args
+    pasted = O.tool_from_infotext(request.infotext)
+    if args and isinstance(args[0], Mapping):
+        named = O.parse_tool_args(args)
+        values = dict(pasted or O.tool_defaults())
+        values.update({k: named[k] for k in args[0]})
+        return values
+    if args:
+        return O.parse_tool_args(args)
+    return pasted or O.tool_defaults()
+
+
+def _tool_extra(_values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    host = get_host()
+    try:
+        values = tool_values(request)
+    except ParamError as e:
+        return str(e)
+    return request_tool_error(values, request, host.tool_names(), host.tool_limits()) if values else None
+
+
+def _tool_args_in_full(request: ApiRequest) -> Optional[dict]:
+    """The script's args as the full positional list: the host writes ``script_args`` over
+    exactly its slice of the args, so fewer values (a named dict, none with an ``infotext``)
+    would shift what follows and lose the pasted values."""
+    try:
+        values = tool_values(request)
+    except ParamError:
+        return None
+    if values is None:
+        return None
+    return {"script_args": [values[f.key] for f in O.TOOL_FIELDS]}
 
 
 def last_job() -> dict:
@@ -54,6 +102,8 @@ def _install(_demo: Any, app: Any) -> None:
     checks = host.api_request_checks(app)
     checks.add("tile sampler args", check_alwayson_args(TITLE, extra=_args_extra))
     checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
+    checks.add("tile sampler tools args", check_script_args(O.TITLE, O.parse_tool_args, extra=_tool_extra))
+    checks.add_rewrite("tile sampler tools args", _tool_args_in_full)
     if not any(getattr(r, "path", None) == LAST_JOB_PATH for r in app.routes):
         host.add_api_route(app, LAST_JOB_PATH, last_job, methods=["GET"])
 
