@@ -29,7 +29,7 @@ from ..params import ParamError
 from ..tools.options import TITLE, tool_infotext
 from ..tools.refine_upscale import (JobPlan, StagePlan, StageSettings, options_from_values, plan_job,
                                     progress_jobs, tiler_resample_values)
-from ..tools.refine_upscale_check import resolve_tool_names, tool_error
+from ..tools.refine_upscale_check import plan_for_check, resolve_tool_names, tool_error
 from ..tools.sigmas import img2img_call_for_sigmas, sigma_override
 from .webui_common import overridden
 
@@ -75,8 +75,9 @@ def run_refine_upscale(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
             raise ToolError(f"{TITLE}: {error}")
     options = options_from_values(values)
     tiler_values = tiler_resample_values(values)
-    plan = plan_job(options, main, 0, sizes[0][0], sizes[0][1], host.schedule_for(p), tiler_values,
-                    denoise=denoise, refine=refine)
+    # The stages' structure now (for the progress total); their sigmas come from the host's
+    # schedules once the job's model is loaded (Forge loads it inside process_images).
+    plan = plan_for_check(values, main, sizes[0][0], sizes[0][1], refine, denoise)
     refiner = host.checkpoint_info(values["refiner"]) if options.refiner != "None" else None
     images = int(p.n_iter) * int(p.batch_size)
     host.set_progress_total(progress_jobs(plan, int(p.n_iter) if refine else 0, images))
@@ -88,7 +89,7 @@ def run_refine_upscale(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
     p.extra_generation_params.update(infotext)
     setattr(p, TOOL_ATTR, TOOL)
     saved = host.saved_checkpoint()
-    run = _Run(host, p, job, values, plan, tiler_values, main, refiner, infotext)
+    run = _Run(host, p, job, values, plan, tiler_values, main, refiner, infotext, denoise)
     try:
         sources = run.stage1() if refine else run.inputs(inputs)
         return run.outputs(sources)
@@ -103,9 +104,12 @@ def run_refine_upscale(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
 
 class _Run:
     def __init__(self, host: Any, p: Any, job: Job, values: Mapping[str, Any], plan: JobPlan,
-                 tiler_values: dict, main: StageSettings, refiner: Any, infotext: dict) -> None:
+                 tiler_values: dict, main: StageSettings, refiner: Any, infotext: dict,
+                 denoise: Optional[float]) -> None:
         self.host, self.p, self.job, self.values, self.plan = host, p, job, values, plan
         self.tiler_values, self.main, self.refiner, self.infotext = tiler_values, main, refiner, infotext
+        self.denoise = denoise
+        self.stage_plan: Optional[JobPlan] = None      # with the host's sigmas (stage 1)
         self.base_checkpoint = host.job_checkpoint(p)
         self.stages: dict[str, str] = {}
         job.facts["refine_upscale"] = self.facts = {"images": 0, "tiles": 0, "stopped": None}
@@ -151,7 +155,12 @@ class _Run:
 
     def sample_stages(self, completed: set) -> torch.Tensor:
         """``p.sample`` of stage 1: the base, then the refiner (or the base going on)."""
-        p, host, plan = self.p, self.host, self.plan
+        p, host = self.p, self.host
+        if self.stage_plan is None:        # the job's model is loaded now: the host's sigmas
+            self.stage_plan = plan_job(options_from_values(self.values), self.main, 0, int(p.width),
+                                       int(p.height), host.schedule_for(p), self.tiler_values,
+                                       denoise=self.denoise)
+        plan = self.stage_plan
         latent = getattr(p, "init_latent", None)
         ran = 0
         for stage in (plan.base, plan.refiner):
