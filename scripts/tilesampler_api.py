@@ -1,7 +1,9 @@
 """API glue: bad Tile Sampler args (``alwayson_scripts``) or infotext keys of ours (the
 ``infotext`` field) in /sdapi/v1/txt2img and img2img requests get an HTTP 422 with a
-readable message instead of a job that runs without the extension. The checks run after
-the host's authentication and its own validation of the request (see
+readable message instead of a job that runs without the extension; so do bad args of the
+Script tab's "Tile Sampler tools" (``script_name`` + ``script_args``), whose args are then
+rewritten into the full positional list the host needs. The checks run after the host's
+authentication and its own validation of the request (see
 ``lib_tilesampler/hosts/api_routes.py``)."""
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any, Mapping, Optional
 from modules import script_callbacks
 
 from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
-    check_script_args, request_fit_error
+    check_script_args, request_fit_error, script_args_in_full, script_values
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.job import JOBS
 from lib_tilesampler.params import ParamError
@@ -48,24 +50,7 @@ def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[
 
 
 def tool_values(request: ApiRequest) -> Optional[dict]:
-    """The values the Script tab's script runs with for a request that names it: the named
-    dict's keys over the values pasted from the request's ``infotext`` (over the defaults),
-    or the positional args as given; None when the request does not name the script.
-    ``ParamError`` for a bad value."""
-    args = request.script_args(O.TITLE)
-    if args is None:
-        return None
-    if isinstance(args, ParamError):
-        raise args
-    pasted = O.tool_from_infotext(request.infotext)
-    if args and isinstance(args[0], Mapping):
-        named = O.parse_tool_args(args)
-        values = dict(pasted or O.tool_defaults())
-        values.update({k: named[k] for k in args[0]})
-        return values
-    if args:
-        return O.parse_tool_args(args)
-    return pasted or O.tool_defaults()
+    return script_values(request, O.TITLE, O.TOOL_FIELDS, O.parse_tool_args, O.tool_from_infotext)
 
 
 def _tool_extra(_values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
@@ -75,19 +60,6 @@ def _tool_extra(_values: Mapping[str, Any], request: ApiRequest) -> Optional[str
     except ParamError as e:
         return str(e)
     return request_tool_error(values, request, host.tool_names(), host.tool_limits()) if values else None
-
-
-def _tool_args_in_full(request: ApiRequest) -> Optional[dict]:
-    """The script's args as the full positional list: the host writes ``script_args`` over
-    exactly its slice of the args, so fewer values (a named dict, none with an ``infotext``)
-    would shift what follows and lose the pasted values."""
-    try:
-        values = tool_values(request)
-    except ParamError:
-        return None
-    if values is None:
-        return None
-    return {"script_args": [values[f.key] for f in O.TOOL_FIELDS]}
 
 
 def last_job() -> dict:
@@ -103,7 +75,8 @@ def _install(_demo: Any, app: Any) -> None:
     checks.add("tile sampler args", check_alwayson_args(TITLE, extra=_args_extra))
     checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
     checks.add("tile sampler tools args", check_script_args(O.TITLE, O.parse_tool_args, extra=_tool_extra))
-    checks.add_rewrite("tile sampler tools args", _tool_args_in_full)
+    checks.add_rewrite("tile sampler tools args", script_args_in_full(
+        O.TITLE, O.TOOL_FIELDS, O.parse_tool_args, O.tool_from_infotext))
     if not any(getattr(r, "path", None) == LAST_JOB_PATH for r in app.routes):
         host.add_api_route(app, LAST_JOB_PATH, last_job, methods=["GET"])
 
