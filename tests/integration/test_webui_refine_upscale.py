@@ -207,6 +207,29 @@ def test_img2img_upscales_the_input_and_tiles_it(webui):
     assert job["stages"]["resample"]["runs"] == 4               # 384x448 from 256 px tiles: 2x2
 
 
+def test_img2img_refine_runs_base_and_refiner_from_the_main_denoise_first(webui, models):
+    source = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    body = payload({"refiner": models[1], "img2img_refine": True}, init_images=[png_base64(source)],
+                   denoising_strength=0.75)
+    answer = webui.call("/sdapi/v1/img2img", body)
+    assert answer.status == 200, answer.body
+    assert len(answer.images) == 2 and pixels(answer.images[1]).shape == (384, 384, 3)
+    assert not np.array_equal(pixels(answer.images[1]), inverted_nearest_4x(source))
+    job = last_job(webui)   # 4 base steps from int(4 - 4 x 0.75) = 1, stop at 2: one base step
+    assert job["stages"]["base"]["evaluations"] == 1 and job["stages"]["refiner"]["evaluations"] == 2
+    assert "RU refine input: True" in answer.info["infotexts"][0]
+    assert "Denoising strength: 0.75" in answer.info["infotexts"][0]
+
+
+def test_a_batch_gives_each_image_its_tiled_and_upscaled_image_with_its_own_seed(webui):
+    answer = webui.call("/sdapi/v1/txt2img", payload({"refiner": "None"}, batch_size=2))
+    assert answer.status == 200, answer.body
+    assert len(answer.images) == 4
+    assert answer.info["all_seeds"] == [BASE["seed"]] * 2 + [BASE["seed"] + 1] * 2
+    assert answer.digest(0) != answer.digest(2) and answer.digest(1) != answer.digest(3)
+    assert last_job(webui)["refine_upscale"]["images"] == 2
+
+
 # ------------------------------------------------------------------ API forms
 def test_named_and_positional_args_give_the_same_images(webui):
     named = dict(TOOL_ARGS, refiner="None")
@@ -238,6 +261,10 @@ def test_the_infotext_field_restores_the_whole_job(webui):
     assert first.status == 200, first.body
     text = first.info["infotexts"][0]
     again = webui.call("/sdapi/v1/txt2img", {"infotext": text, "script_name": TOOL})
+    if again.status == 500 and "parameterized generic" in str(again.body):
+        pytest.skip("this WebUI's API cannot apply an infotext at all (Forge 2: TypeError "
+                    "'isinstance() argument 2 cannot be a parameterized generic' in apply_infotext, "
+                    "also for requests without this extension)")
     assert again.status == 200, again.body
     assert "RU tiler mode: fused" in again.info["infotexts"][0]
     assert [again.digest(i) for i in range(2)] == [first.digest(i) for i in range(2)]
@@ -265,22 +292,23 @@ def test_bad_args_are_a_422_with_a_sentence_before_any_work(webui, args, fields,
 
 # ------------------------------------------------------------------ errors and interrupts
 def test_the_users_checkpoint_is_restored_after_an_error_in_the_middle(webui, models):
-    """A setting the request overrides makes the host's ESRGAN tiling divide by zero when
-    the upscale runs: after the refiner stage, with the tiler's checkpoint (the refiner)
-    loaded."""
+    """The request's settings make the host's img2img fail where it saves its init image (a
+    folder it cannot create): in the tiler's img2img job, after the refiner stage and the
+    upscale, with the tiler's checkpoint (the refiner) loaded."""
     before = webui.call("/sdapi/v1/options").body
-    tiling = {k: before[k] for k in ("ESRGAN_tile", "ESRGAN_tile_overlap")}
-    # The hosts put an overridden setting back only when it is in their config already:
-    # write the current values first, and again afterwards.
-    assert webui.call("/sdapi/v1/options", tiling).status == 200
+    saved = {k: before[k] for k in ("save_init_img", "outdir_init_images")}
+    # Both WebUIs put an overridden setting back only when their config file holds it:
+    # write the current values first (a bool and a string: Forge 2 stores numbers it is
+    # sent as floats, which its ESRGAN tiling cannot take, so no number is used here).
+    assert webui.call("/sdapi/v1/options", saved).status == 200
     body = payload({"refiner": models[1], "tiler_model": "refiner"},
-                   override_settings={"ESRGAN_tile": 16, "ESRGAN_tile_overlap": 16})
+                   override_settings={"save_init_img": True, "outdir_init_images": "/proc/tilesampler-test"})
     try:
         answer = webui.call("/sdapi/v1/txt2img", body)
     finally:
-        webui.call("/sdapi/v1/options", tiling)
+        webui.call("/sdapi/v1/options", saved)
     assert answer.status == 500, answer.body
-    assert "division" in str(answer.body).lower(), answer.body
+    assert "/proc/tilesampler-test" in str(answer.body), answer.body
     job = last_job(webui)
     assert same_checkpoint(job["stage_checkpoints"]["refiner"], models[1])
     assert_users_checkpoint(webui, models, before)
