@@ -108,6 +108,43 @@ def check_script_args(title: str, parse: Parse, extra: Optional[Extra] = None) -
     return _args_check(title, lambda r: r.script_args(title), parse, extra)
 
 
+def script_values(request: ApiRequest, title: str, fields: Sequence[Field], parse: Parse,
+                  from_infotext: Callable[[Mapping[str, Any]], Optional[Mapping[str, Any]]]
+                  ) -> Optional[dict[str, Any]]:
+    """The values a Script-tab script runs with for a request that names it (None when it
+    does not): a named dict's keys over the values pasted from the request's ``infotext``
+    (over the defaults); positional args as given; no args: the infotext's values or the
+    defaults. ``ParamError`` for a bad value."""
+    args = request.script_args(title)
+    if args is None:
+        return None
+    if isinstance(args, ParamError):
+        raise args
+    pasted = from_infotext(request.infotext)
+    values = dict(pasted) if pasted else {f.key: f.default for f in fields}
+    if args and isinstance(args[0], Mapping):
+        named = parse(args)
+        values.update({k: named[k] for k in args[0]})
+        return values
+    return dict(parse(args)) if args else values
+
+
+def script_args_in_full(title: str, fields: Sequence[Field], parse: Parse,
+                        from_infotext: Callable[[Mapping[str, Any]], Optional[Mapping[str, Any]]]
+                        ) -> Callable[[ApiRequest], Optional[dict[str, Any]]]:
+    """A request rewrite (``RequestChecks.add_rewrite``) that gives a Script-tab script its
+    ``script_values`` as the full positional list. The hosts write ``script_args`` over
+    exactly the script's slice of their argument list, so fewer values (a named dict, or
+    none with an ``infotext``) would shift what follows and drop the pasted values."""
+    def rewrite(request: ApiRequest) -> Optional[dict[str, Any]]:
+        try:
+            values = script_values(request, title, fields, parse, from_infotext)
+        except ParamError:
+            return None
+        return None if values is None else {"script_args": [values[f.key] for f in fields]}
+    return rewrite
+
+
 def check_infotext(title: str, fields: Optional[Sequence[Field]] = None,
                    extra: Optional[Extra] = None) -> Check:
     """A check of our keys in the request's ``infotext`` (already parsed by the host)."""

@@ -46,10 +46,12 @@ class Job:
         self.tiles: Optional[tuple[int, int]] = None   # (done, total) of a tiled stage
         self.host: Any = None               # the host adapter's per-job state
         self.script: Any = None             # the script's per-job state
+        self.counts_nested = False          # also count the evaluations of jobs opened inside it
         self.closed = False
         self.started = time.perf_counter()
         self.model: Optional[str] = None    # what the speed is measured for
         self._last_call: Optional[tuple[str, float]] = None
+        self.ended: Optional[float] = None
         self._patches: list[PatchSet] = []
         self._on_close: list[Callable[[], None]] = []
 
@@ -114,6 +116,7 @@ class Job:
         if self.closed:
             return
         self.closed = True
+        self.ended = time.perf_counter()
         errors = []
         for patches in reversed(self._patches):
             try:
@@ -133,7 +136,7 @@ class Job:
     def summary(self) -> dict:
         """What ran, for the console and the API: evaluations and runs per stage."""
         return {"label": self.label, "closed": self.closed,
-                "seconds": round(time.perf_counter() - self.started, 3),
+                "seconds": round((self.ended or time.perf_counter()) - self.started, 3),
                 "stages": {name: {"runs": s.runs, "evaluations": s.evaluations,
                                   "seconds": round(s.seconds, 3), "timed": s.timed,
                                   "work_per_evaluation": s.work_per_evaluation}
@@ -200,6 +203,10 @@ class JobStack:
         if errors:
             raise errors[0]
 
+
+TOOL_ATTR = "_tilesampler_tool"
+"""Set on a processing object that a Script tool of ours runs (its name): the always-on
+script then leaves its latent tile resample off there (the tool tiles the job itself)."""
 
 JOBS = JobStack()
 """The open jobs of this WebUI process (shared by the extension's scripts)."""

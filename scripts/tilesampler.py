@@ -18,7 +18,7 @@ from lib_tilesampler.preview import PlanRequestError, plan_job, stage_work_per_e
 from lib_tilesampler.preview_text import error_html, preview_html
 from lib_tilesampler.speed import SPEED
 from lib_tilesampler.hypertile.geometry import HyperTileConfig
-from lib_tilesampler.job import JOBS, Job
+from lib_tilesampler.job import JOBS, TOOL_ATTR, Job
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap
 
 JOB_ATTR = "_tilesampler_job"
@@ -214,6 +214,10 @@ class TileSamplerScript(scripts.Script):
         except P.ParamError as e:
             report(p, f"{e}. The extension is off for this job.")
             return P.defaults()
+        if getattr(p, TOOL_ATTR, None) and P.group_enabled(values, "resample"):
+            values["resample"] = False
+            report(p, "the latent tile resample is off in this job: the Tile Sampler tools' "
+                      "refine & upscale tiles it itself")
         if P.group_enabled(values, "resample"):
             try:
                 values = host.resolve_names(values)

@@ -2,8 +2,10 @@
 windows, the resample's tiles, U-Net calls, work and ETA: ``lib_tilesampler/preview.py``),
 the numbers the accordion shows. Bad Tile Sampler args (``alwayson_scripts``) or infotext keys of ours (the
 ``infotext`` field) in /sdapi/v1/txt2img and img2img requests get an HTTP 422 with a
-readable message instead of a job that runs without the extension. The checks run after
-the host's authentication and its own validation of the request (see
+readable message instead of a job that runs without the extension; so do bad args of the
+Script tab's "Tile Sampler tools" (``script_name`` + ``script_args``), whose args are then
+rewritten into the full positional list the host needs. The checks run after the host's
+authentication and its own validation of the request (see
 ``lib_tilesampler/hosts/api_routes.py``)."""
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from typing import Any, Mapping, Optional
 from modules import script_callbacks
 
 from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
-    request_fit_error
+    check_script_args, request_fit_error, script_args_in_full, script_values
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.hosts.api_routes import plan_endpoint
 from lib_tilesampler.job import JOBS
 from lib_tilesampler.preview import plan_job
 from lib_tilesampler.speed import SPEED
+from lib_tilesampler.params import ParamError
+from lib_tilesampler.tools import options as O
+from lib_tilesampler.tools.refine_upscale_check import request_tool_error
 
 TITLE = "Tile Sampler"
 LAST_JOB_PATH = "/tilesampler/v1/jobs/last"
@@ -38,6 +43,8 @@ def _last_steps(request: ApiRequest) -> Optional[int]:
 
 def _args_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
     host = get_host()
+    if request.script_args(O.TITLE) is not None:   # the tool turns the resample off itself
+        return host.name_error(values)
     return host.name_error(values) or request_fit_error(values, request) \
         or host.settings_error(values, _last_steps(request))
 
@@ -46,6 +53,19 @@ def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[
     if request.alwayson_args(TITLE) is not None:  # the args given win over the infotext's
         return get_host().name_error(values)
     return _args_extra(values, request)
+
+
+def tool_values(request: ApiRequest) -> Optional[dict]:
+    return script_values(request, O.TITLE, O.TOOL_FIELDS, O.parse_tool_args, O.tool_from_infotext)
+
+
+def _tool_extra(_values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    host = get_host()
+    try:
+        values = tool_values(request)
+    except ParamError as e:
+        return str(e)
+    return request_tool_error(values, request, host.tool_names(), host.tool_limits()) if values else None
 
 
 def last_job() -> dict:
@@ -65,6 +85,9 @@ def _install(_demo: Any, app: Any) -> None:
     checks = host.api_request_checks(app)
     checks.add("tile sampler args", check_alwayson_args(TITLE, extra=_args_extra))
     checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
+    checks.add("tile sampler tools args", check_script_args(O.TITLE, O.parse_tool_args, extra=_tool_extra))
+    checks.add_rewrite("tile sampler tools args", script_args_in_full(
+        O.TITLE, O.TOOL_FIELDS, O.parse_tool_args, O.tool_from_infotext))
     if not any(getattr(r, "path", None) == LAST_JOB_PATH for r in app.routes):
         host.add_api_route(app, LAST_JOB_PATH, last_job, methods=["GET"])
     if not any(getattr(r, "path", None) == PLAN_PATH for r in app.routes):

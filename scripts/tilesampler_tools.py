@@ -5,7 +5,7 @@ UI and API args -> ``lib_tilesampler.tools.options`` -> the host adapter's tool 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import gradio as gr
 
@@ -54,6 +54,13 @@ def _control(field: P.Field, elem_id: str, choices: Any = None) -> Any:
                      step=field.step, value=field.default, elem_id=elem_id, info=info)
 
 
+def _paste_value(field: P.Field) -> Any:
+    """Infotext -> control value: the tool is stored by key, the Radio shows its label."""
+    if field.key == O.TOOL.key:
+        return lambda d: O.TOOL_LABELS.get(str(d.get(field.infotext, "")).strip())
+    return field.infotext
+
+
 class TileSamplerTools(scripts.Script):
     def title(self) -> str:
         return O.TITLE
@@ -78,7 +85,8 @@ class TileSamplerTools(scripts.Script):
             with gr.Group(visible=tool == O.TOOL.default, elem_id=self.elem_id(f"{tool}_group")) as group:
                 for row in layout:
                     if not is_img2img and row[0] in ("img2img_refine", "use_inpaint_mask"):
-                        made[row[0]] = gr.Checkbox(value=False, visible=False)  # keeps the arg order
+                        field = O.TOOL_FIELDS_BY_KEY[row[0]]   # keeps the arg order (txt2img: unused)
+                        made[row[0]] = gr.Checkbox(label=field.label, value=False, visible=False)
                         continue
                     with gr.Row():
                         for key in row:
@@ -87,10 +95,12 @@ class TileSamplerTools(scripts.Script):
         labels = {label: key for key, label in O.TOOL_LABELS.items()}
         made["tool"].change(fn=lambda label: [gr.update(visible=labels.get(label) == t) for t in groups],
                             inputs=made["tool"], outputs=list(groups.values()), show_progress=False)
-        self.infotext_fields = [(made[f.key], f.infotext) for f in O.TOOL_FIELDS if f.key != "mask"]
+        self.infotext_fields = [(made[f.key], _paste_value(f)) for f in O.TOOL_FIELDS if f.key != "mask"]
         return [made[f.key] for f in O.TOOL_FIELDS]
 
     def run(self, p: Any, *args: Any) -> Any:
+        if args and isinstance(args[0], Mapping):
+            args = args[:1]    # the API's slice assignment moved other scripts' args after a dict
         values = O.parse_tool_args(args)
         p.extra_generation_params["Script"] = self.title()
         host = get_host()

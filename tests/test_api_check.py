@@ -106,3 +106,36 @@ def test_first_error_skips_a_check_that_fails_itself(capsys):
     assert first_error(args([{"x": 1}]), [broken, CHECK]).startswith("Tile Sampler: unknown key")
     assert first_error(request(), [broken]) is None
     assert "API check" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ Script-tab script args
+def _tool_request(args=None, infotext=None):
+    from lib_tilesampler.api_check import ApiRequest
+    fields = {"script_name": "Tile Sampler Tools"}
+    if args is not None:
+        fields["script_args"] = args
+    return ApiRequest("txt2img", fields, frozenset(fields), infotext or {})
+
+
+def test_script_values_merge_a_named_dict_over_the_pasted_infotext_and_positional_args_win():
+    import pytest
+    from lib_tilesampler.api_check import script_args_in_full, script_values
+    from lib_tilesampler.tools import options as O
+    pasted = {"Tile Sampler tool": "refine_upscale", "RU upscale by": "2.5", "RU tiler mode": "fused"}
+
+    def values(args=None, infotext=None):
+        return script_values(_tool_request(args, infotext), O.TITLE, O.TOOL_FIELDS, O.parse_tool_args,
+                             O.tool_from_infotext)
+    assert values([], pasted)["upscale_by"] == 2.5 and values([], pasted)["tiler_mode"] == "fused"
+    merged = values([{"tiler_mode": "moving"}], pasted)
+    assert merged["upscale_by"] == 2.5 and merged["tiler_mode"] == "moving"
+    assert values(["Refine & upscale", False, 12], pasted)["upscale_by"] == 1.0
+    assert values(None) == O.tool_defaults()
+    assert script_values(_tool_request(), "Other", O.TOOL_FIELDS, O.parse_tool_args, O.tool_from_infotext) is None
+    with pytest.raises(ParamError, match="upscale_by"):
+        values([{"upscale_by": "big"}])
+    rewrite = script_args_in_full(O.TITLE, O.TOOL_FIELDS, O.parse_tool_args, O.tool_from_infotext)
+    full = rewrite(_tool_request([{"upscale_by": 3}]))["script_args"]
+    assert len(full) == len(O.TOOL_FIELDS) and full[0] == "refine_upscale"
+    assert O.parse_tool_args(full) == dict(O.tool_defaults(), upscale_by=3.0)
+    assert rewrite(_tool_request([{"upscale_by": "big"}])) is None

@@ -237,3 +237,17 @@ def test_model_fields_reads_pydantic_1_and_2_models():
         assert fields.given() == {"width"} and "alwayson_scripts" not in fields.given()
         with pytest.raises(KeyError):
             fields["nope"]
+
+
+def test_a_rewrite_sets_fields_of_the_request_the_endpoint_gets_after_the_checks():
+    app, api = make_app()
+    checks = request_checks(app, parse_infotext)
+    checks.add_rewrite("args", lambda r: {"script_args": ["full", "list"]}
+                       if r.fields.get("script_name") == "mine" else None)
+    checks.add_rewrite("broken", lambda r: 1 / 0)
+    with TestClient(app) as c:
+        assert c.post("/sdapi/v1/txt2img", json={"script_name": "mine", "script_args": [{}]},
+                      auth=USER).status_code == 200
+        assert c.post("/sdapi/v1/txt2img", json={"script_name": "other"}, auth=USER).status_code == 200
+        assert c.post("/sdapi/v1/txt2img", json=dict(BAD_ARGS, script_name="mine"), auth=USER).status_code == 422
+    assert [r.script_args for r in api.received] == [["full", "list"], []]

@@ -124,3 +124,20 @@ class A1111Host(WebUIFamilyHost):
         state.wrapped[cfg_denoiser] = wrap_inner
         wrap_inner(cfg_denoiser.inner_model)
         return patches
+
+    # ------------------------------------------------------------ checkpoints (Script tools)
+    def saved_checkpoint(self) -> Any:
+        return None                      # A1111 reloads the checkpoint of its settings
+
+    def restore_checkpoint(self, saved: Any) -> None:
+        """Load the checkpoint of the settings (the user's), as ``process_images`` does at
+        the start of every job; nothing when it is loaded already."""
+        from modules import sd_models
+        sd_models.reload_model_weights()
+
+    def switch_checkpoint(self, p: Any, info: Any) -> None:
+        """As A1111's refiner switch (``sd_samplers_common.apply_refiner``)."""
+        from modules import devices, sd_models
+        with sd_models.SkipWritingToConfig():
+            sd_models.reload_model_weights(info=info)
+        devices.torch_gc()

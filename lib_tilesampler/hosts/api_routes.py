@@ -8,6 +8,11 @@ was parsed and validated into the host's request model (the host's own 422), and
 the endpoint itself (which pastes the ``infotext`` field and starts the job). The checks
 get that parsed model: the body is read once, by the host.
 
+Rewrites: after every check passed, a rewrite may set fields of the parsed request before
+the endpoint sees it (the Script tab's script puts its args in the exact positional form the
+host's slice assignment of ``script_args`` needs, restored from the ``infotext`` field when
+the caller gave none).
+
 Our own routes: ``add_api_route`` gives them the dependencies of the host's own API routes,
 which hold ``Depends(Api.auth)`` when the WebUI runs with ``--api-auth``.
 """
@@ -24,6 +29,7 @@ STATE_KEY = "tilesampler_request_checks"
 MARK = "__tilesampler_request_checks__"
 
 ParseInfotext = Callable[[str], Mapping[str, Any]]
+Rewrite = Callable[[ApiRequest], Optional[Mapping[str, Any]]]
 
 
 class RequestChecks:
@@ -32,6 +38,7 @@ class RequestChecks:
 
     def __init__(self, parse_infotext: Optional[ParseInfotext] = None) -> None:
         self.checks: dict[str, Check] = {}
+        self.rewrites: dict[str, Rewrite] = {}
         self.parse_infotext = parse_infotext
 
     def add(self, name: str, check: Check) -> None:
@@ -39,8 +46,25 @@ class RequestChecks:
         replaces the earlier one (scripts are reloaded with the UI)."""
         self.checks[name] = check
 
+    def add_rewrite(self, name: str, rewrite: Rewrite) -> None:
+        """After the checks passed, set the fields ``rewrite(request)`` returns (a mapping of
+        field name to value, or None for no change) on the parsed request; replaced by
+        ``name`` as ``add``."""
+        self.rewrites[name] = rewrite
+
     def error(self, request: ApiRequest) -> Optional[str]:
         return first_error(request, list(self.checks.values()))
+
+    def changes(self, request: ApiRequest) -> dict[str, Any]:
+        """The fields the rewrites set. A rewrite that fails is reported on the console and
+        skipped, as a failing check is."""
+        out: dict[str, Any] = {}
+        for name, rewrite in self.rewrites.items():
+            try:
+                out.update(rewrite(request) or {})
+            except Exception as e:  # noqa: BLE001
+                print(f"[Tile Sampler] API rewrite {name!r} failed: {type(e).__name__}: {e}")
+        return out
 
     def request(self, tab: str, model: Any) -> ApiRequest:
         """The checks' view of a parsed request model (its ``infotext`` parsed too)."""
@@ -122,8 +146,11 @@ def wrap_endpoint(route: Any, tab: str, checks: RequestChecks) -> bool:
         model = values.get(body_name)
         if model is None:
             return None
-        message = checks.error(checks.request(tab, model))
+        request = checks.request(tab, model)
+        message = checks.error(request)
         if message is None:
+            for name, value in checks.changes(request).items():
+                setattr(model, name, value)
             return None
         from starlette.responses import JSONResponse
         return JSONResponse(status_code=422, content=error_body(message))

@@ -176,3 +176,48 @@ class ForgeHost(WebUIFamilyHost):
         patches = PatchSet()
         patches.add_undo(undo)
         return job.track(patches)
+
+    # ------------------------------------------------------------ checkpoints (Script tools)
+    def saved_checkpoint(self) -> Any:
+        from modules import shared
+        return shared.opts.data.get("sd_model_checkpoint")
+
+    def restore_checkpoint(self, saved: Any) -> None:
+        """Select the user's checkpoint again and load it if another one is loaded (as
+        Forge's hires pass puts its first-pass checkpoint back: change, refresh, reload)."""
+        from modules import sd_models
+        from modules_forge import main_entry
+        if saved:
+            main_entry.checkpoint_change(saved, save=False, refresh=False)
+        main_entry.refresh_model_loading_parameters()
+        sd_models.forge_model_reload()
+
+    def switch_checkpoint(self, p: Any, info: Any) -> None:
+        """As Forge's refiner switch (``sd_samplers_common.apply_refiner``): change the
+        selected checkpoint, load it, select the previous one again (it is loaded at the
+        next job or batch), and reapply the job's extra networks to the new model."""
+        from modules import extra_networks, sd_models, shared
+        from modules_forge import main_entry
+        previous = shared.opts.data.get("sd_model_checkpoint")
+        if main_entry.checkpoint_change(info.title, save=False, refresh=False):
+            try:
+                main_entry.refresh_model_loading_parameters()
+                sd_models.forge_model_reload()
+            finally:
+                main_entry.checkpoint_change(previous, save=False, refresh=True)
+        if not getattr(p, "disable_extra_networks", False) and getattr(p, "extra_network_data", None):
+            extra_networks.activate(p, p.extra_network_data)
+
+    def prepare_sampling(self, p: Any) -> None:
+        """Forge's ``sample()``: fresh patchers (with the job's LoRAs) and token merging."""
+        from modules.sd_models import apply_token_merging
+        model = p.sd_model
+        model.forge_objects = model.forge_objects_after_applying_lora.shallow_copy()
+        apply_token_merging(model, p.get_token_merging_ratio())
+
+    def take_noise(self, p: Any, noise: Any) -> Any:
+        modified = getattr(p, "modified_noise", None)
+        if modified is None:
+            return noise
+        p.modified_noise = None
+        return modified

@@ -23,6 +23,7 @@ from ..tiling.passes import (TilePlan, Wrap, derive_seed, img2img_steps, run_res
 from ..tiling.plan import Tile
 from .api_routes import RequestChecks, add_api_route, request_checks
 from .base import After
+from .webui_tools import ToolsHost
 
 STATE_TEXT = "Tile Sampler"
 RESAMPLE_STAGE = "resample"
@@ -101,7 +102,7 @@ class JobHostState:
         self.watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
-class WebUIFamilyHost:
+class WebUIFamilyHost(ToolsHost):
     """Shared glue; subclasses install HyperTile, wrap denoisers and follow model switches."""
 
     name = "webui"
@@ -115,6 +116,12 @@ class WebUIFamilyHost:
         if not isinstance(job.host, self.state_class):
             job.host = self.state_class()
         return job.host
+
+    # ------------------------------------------------------------------ Script tools
+    def run_refine_upscale(self, p: Any, values: Mapping[str, Any]) -> Any:
+        """The Script tab's Refine & upscale on ``p`` (see ``refine_upscale_run``)."""
+        from .refine_upscale_run import run_refine_upscale
+        return run_refine_upscale(self, p, values)
 
     # ------------------------------------------------------------------------ jobs
     @staticmethod
@@ -137,6 +144,9 @@ class WebUIFamilyHost:
         if job is None:
             return
         job.count()
+        for outer in self.jobs or ():
+            if outer is not job and outer.counts_nested and not outer.closed:
+                outer.count()
         if job.tiles is not None:
             self.show_progress(job)
         self.follow_model(job, params)
@@ -225,24 +235,33 @@ class WebUIFamilyHost:
         from modules import shared
         return [u.name for u in shared.sd_upscalers]
 
+    @staticmethod
+    def sampler_of(name: str) -> Optional[str]:
+        """A sampler's name as the host spells it, by name or alias in any case; None."""
+        from modules import sd_samplers
+        return sd_samplers.samplers_map.get(name.lower()) if isinstance(name, str) and name else None
+
+    @staticmethod
+    def scheduler_of(name: str) -> Optional[str]:
+        """A schedule type's label, by label, name or alias in any case; None."""
+        from modules import sd_schedulers
+        if not isinstance(name, str):
+            return None
+        for s in sd_schedulers.schedulers:
+            options = [s.label, s.name, *(getattr(s, "aliases", None) or [])]
+            if name.lower() in (o.lower() for o in options):
+                return s.label
+        return None
+
     def resolve_names(self, values: Mapping[str, Any]) -> dict:
         """The host's own look-ups: a sampler by name or alias in any case, a schedule
         type by label, name or alias, and the old "<sampler> <schedule type>" names."""
-        from modules import sd_samplers, sd_schedulers
+        from modules import sd_schedulers
         out = dict(values)
         if not group_enabled(values, "resample"):
             return out
         schedulers = list(sd_schedulers.schedulers)
-
-        def scheduler_of(name: str) -> Optional[str]:
-            for s in schedulers:
-                options = [s.label, s.name, *(getattr(s, "aliases", None) or [])]
-                if name.lower() in (o.lower() for o in options):
-                    return s.label
-            return None
-
-        def sampler_of(name: str) -> Optional[str]:
-            return sd_samplers.samplers_map.get(name.lower()) if name else None
+        scheduler_of, sampler_of = self.scheduler_of, self.sampler_of
 
         sampler, scheduler = out["resample_sampler"], out["resample_scheduler"]
         if sampler != SAME and sampler_of(sampler) is None:
@@ -372,6 +391,28 @@ class WebUIFamilyHost:
         return getattr(info, "shorthash", None) or getattr(info, "title", None) or None
 
     @staticmethod
+    def show_tiles(done: int, total: int, label: str = STATE_TEXT) -> None:
+        from modules import shared
+        shared.state.textinfo = f"{label}: tile {done}/{total}"
+
+    @staticmethod
+    def show_stage(text: str) -> None:
+        from modules import shared
+        shared.state.textinfo = text
+
+    @staticmethod
+    def stop_requested() -> bool:
+        """Interrupt, or "stop after the current image" (the host's Skip is not)."""
+        from modules import shared
+        return bool(shared.state.interrupted or getattr(shared.state, "stopping_generation", False))
+
+    @staticmethod
+    def set_progress_total(n: int) -> None:
+        """The host's progress total for the whole job (its own default counts batches)."""
+        from modules import shared
+        shared.state.job_count = n
+
+    @staticmethod
     def add_progress_jobs(n: int) -> None:
         from modules import shared
         if n > 0 and shared.state.job_count > 0:
@@ -414,7 +455,7 @@ class WebUIFamilyHost:
     # ---------------------------------------------------------------- the after pass
     def resample_after(self, p: Any, job: Job, samples: torch.Tensor, sampler: Any,
                        plan: TilePlan, values: Mapping[str, Any],
-                       seeds: Sequence[int]) -> torch.Tensor:
+                       seeds: Sequence[int], label: str = STATE_TEXT) -> torch.Tensor:
         """Run the resample pass over ``samples``, the latent ``sampler`` returned, with
         the conditioning the sampler holds now (after a refiner switch, the refiner's) and
         the model loaded now. An interrupt leaves ``samples`` as they were. Exactly the
@@ -473,7 +514,8 @@ class WebUIFamilyHost:
             self.show_tiles(0, len(plan.tiles(*latent_hw)))
         try:
             out = run_resample(samples, plan, seeds, sample_whole, sample_tiles,
-                               on_tile=self.show_tiles, should_stop=self.should_stop)
+                               on_tile=lambda done, total: self.show_tiles(done, total, label),
+                               should_stop=self.should_stop)
         except TileInterrupted as e:
             print(f"[{STATE_TEXT}] resample interrupted after {e.done} of {e.total} tiles; "
                   "keeping the latent as it was before the resample")

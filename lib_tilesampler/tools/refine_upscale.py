@@ -11,6 +11,10 @@
    .run_resample`` with ``plan.tile_plan``; ``tiling.passes.img2img_steps`` gives the host's
    step arguments), with the image's seed.
 
+In img2img the stages are optional: by default the input image is the base result (steps
+3 and 4 only); with ``img2img_refine`` the base and refiner stages run as img2img from the
+input at the main denoise (``plan_job(..., denoise=...)``).
+
 Nothing here knows the host: it gets the host's main settings and a ``schedule_for(model,
 settings)`` that makes the host's sigma schedules, and returns plain dataclasses.
 """
@@ -22,7 +26,7 @@ from typing import Any, Callable, Collection, Mapping, Optional
 
 import torch
 
-from ..params import SAME
+from ..params import SAME, defaults as resample_defaults
 from ..tiling.independent import start_step, steps_to_run
 from ..tiling.passes import LATENT_FACTOR, TilePlan
 from .sigmas import Schedule, base_sigmas, checked_schedule, continue_sigmas, refiner_sigmas
@@ -87,7 +91,8 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class JobPlan:
-    base: StagePlan
+    base: Optional[StagePlan]           # None: no base step (img2img upscale only, or an
+                                        # img2img denoise that starts after the base's stop)
     refiner: Optional[StagePlan]        # None: the base finished its schedule
     tiler: Optional[StagePlan]          # None: tiler_denoise 0 leaves the image as it is
     tile_plan: Optional[TilePlan]
@@ -147,7 +152,8 @@ def upscaler_passes(width: int, height: int, upscaler_scale: float, upscale_by: 
 
 def plan_job(options: RefineUpscaleOptions, main: StageSettings, seed: int, width: int,
              height: int, schedule_for: Callable[[str, StageSettings], Schedule],
-             resample_values: Mapping[str, Any], upscaler_scale: float = 1.0) -> JobPlan:
+             resample_values: Mapping[str, Any], upscaler_scale: float = 1.0,
+             denoise: Optional[float] = None, refine: bool = True) -> JobPlan:
     """The whole job for an image of ``width x height`` px before the upscale.
 
     ``main`` holds the job's own settings ("same as main"); ``schedule_for(model, settings)``
@@ -157,27 +163,43 @@ def plan_job(options: RefineUpscaleOptions, main: StageSettings, seed: int, widt
     whose seed is ``seed`` (``resample_seed`` is not used). With no refiner the second stage
     is the base continuing its own schedule with the base's settings (refiner steps, start
     and settings unused), and ``tiler_model`` "refiner" means the base.
+
+    img2img: ``refine=False`` plans no base or refiner stage (the input is upscaled as it
+    is). ``denoise`` (the main denoising strength) starts the base schedule at
+    ``start_step(base steps, denoise)`` as the seed node does, with the noise of that step
+    added to the input's latent; a start at or after the base's stop leaves the base out
+    and the second stage starts from that step's sigma (with the noise added); denoise 0
+    runs no stage.
     """
+    size = upscaled_size(width, height, upscaler_scale, options.upscale_by)
+    tiler, tile_plan = plan_tiler(options, main, seed, resample_values)
+    passes = upscaler_passes(width, height, upscaler_scale, options.upscale_by)
+    if not refine:
+        return JobPlan(None, None, tiler, tile_plan, size[0], size[1], passes, seed)
     base = options.base.resolved(main)
     full = checked_schedule(schedule_for("base", base)(base.steps), base.steps, "base schedule")
-    base_plan = StagePlan("base", "base", base, 0, options.base_stop, options.base_stop,
-                          base_sigmas(full, options.base_stop), True, seed)
+    stop = options.base_stop
+    sigmas_to_stop = base_sigmas(full, stop)
+    first = 0 if denoise is None else start_step(base.steps, denoise)
+    if first >= base.steps:
+        return JobPlan(None, None, tiler, tile_plan, size[0], size[1], passes, seed)
+    base_plan = None
+    if first < stop:
+        base_plan = StagePlan("base", "base", base, first, stop, stop - first,
+                              sigmas_to_stop[first:].clone(), True, seed)
+    handover = max(first, stop)          # the step the second stage starts from
     second = None
-    if options.base_stop < base.steps and options.refiner == NO_REFINER:
-        second = StagePlan("refiner", "base", base, options.base_stop, base.steps,
-                           base.steps - options.base_stop,
-                           continue_sigmas(full, options.base_stop), False, seed)
-    elif options.base_stop < base.steps:
+    if handover < base.steps and options.refiner == NO_REFINER:
+        second = StagePlan("refiner", "base", base, handover, base.steps, base.steps - handover,
+                           continue_sigmas(full, handover), base_plan is None, seed)
+    elif handover < base.steps:
         ref = options.refiner_stage.resolved(main)
         ref_full = checked_schedule(schedule_for("refiner", ref)(ref.steps), ref.steps,
                                     "refiner schedule")
-        sigmas = refiner_sigmas(ref_full, options.refiner_start, full[options.base_stop])
+        sigmas = refiner_sigmas(ref_full, options.refiner_start, full[handover])
         second = StagePlan("refiner", "refiner", ref, options.refiner_start, ref.steps,
-                           len(sigmas) - 1, sigmas, False, seed)
-    size = upscaled_size(width, height, upscaler_scale, options.upscale_by)
-    tiler, tile_plan = plan_tiler(options, main, seed, resample_values)
-    return JobPlan(base_plan, second, tiler, tile_plan, size[0], size[1],
-                   upscaler_passes(width, height, upscaler_scale, options.upscale_by), seed)
+                           len(sigmas) - 1, sigmas, base_plan is None, seed)
+    return JobPlan(base_plan, second, tiler, tile_plan, size[0], size[1], passes, seed)
 
 
 def plan_tiler(options: RefineUpscaleOptions, main: StageSettings, seed: int,
@@ -200,14 +222,18 @@ def plan_tiler(options: RefineUpscaleOptions, main: StageSettings, seed: int,
 
 def needs_sigma_control(stage: StagePlan) -> bool:
     """True when the host must run the stage's own sigmas (``sigma_override``): a base that
-    stops mid-schedule, or a stage that continues a latent from a given sigma."""
-    return stage.sigmas is not None and (not stage.add_noise or stage.last < stage.settings.steps)
+    stops mid-schedule or starts after step 0 (img2img), or a stage that continues a latent
+    from a given sigma."""
+    return stage.sigmas is not None and (not stage.add_noise or stage.first > 0
+                                         or stage.last < stage.settings.steps)
 
 
 def sigma_control_error(stage: StagePlan) -> str:
     """The sentence for a stage that needs sigma control but has a sampler without it."""
-    if stage.add_noise:
+    if stage.add_noise and stage.last < stage.settings.steps:
         what = (f"stops after step {stage.last} of {stage.settings.steps} with its noise left in")
+    elif stage.add_noise:
+        what = f"starts at step {stage.first} of {stage.settings.steps} (img2img)"
     else:
         what = f"continues from sigma {float(stage.sigmas[0]):.4g}, where the base stopped"
     return (f"Refine + upscale: the {stage.name} stage {what}, which needs a sampler that runs "
@@ -238,6 +264,46 @@ def tiler_runs(plan: JobPlan, n_tiles: Optional[int] = None) -> int:
 def progress_total(plan: JobPlan, n_tiles: Optional[int] = None) -> int:
     """Sampler steps per image, the host's progress unit: base steps + refiner steps + tiler
     runs × tiler steps (a batch of tiles is one run; ``n_tiles`` defaults to the plan's)."""
+    base = plan.base.steps if plan.base is not None else 0
     refiner = plan.refiner.steps if plan.refiner is not None else 0
     tiler = plan.tiler.steps * tiler_runs(plan, n_tiles) if plan.tiler is not None else 0
-    return plan.base.steps + refiner + tiler
+    return base + refiner + tiler
+
+
+def stage_runs(plan: JobPlan) -> int:
+    """Sampler runs of the base and refiner stages for one batch of images (0, 1 or 2)."""
+    return (plan.base is not None) + (plan.refiner is not None)
+
+
+def progress_jobs(plan: JobPlan, batches: int, images: int) -> int:
+    """The host's progress total (``shared.state.job_count``: one job per sampler run or
+    step of the work) for ``batches`` batches making ``images`` images: each batch's base
+    and refiner runs, then per image the upscale and the tiler's runs."""
+    return batches * stage_runs(plan) + images * (1 + tiler_runs(plan))
+
+
+# ------------------------------------------------------------------ tool values
+def options_from_values(values: Mapping[str, Any]) -> RefineUpscaleOptions:
+    """The plan's options from the Script's values (``tools.options`` keys; names already
+    resolved to the host's spelling)."""
+    return RefineUpscaleOptions(
+        base=StageSettings(int(values["base_steps"]), float(values["base_cfg"]),
+                           values["base_sampler"], values["base_scheduler"]),
+        base_stop=int(values["base_stop"]), refiner=values["refiner"],
+        refiner_stage=StageSettings(int(values["refiner_steps"]), float(values["refiner_cfg"]),
+                                    values["refiner_sampler"], values["refiner_scheduler"]),
+        refiner_start=int(values["refiner_start"]), upscale_by=float(values["upscale_by"]),
+        tiler_denoise=float(values["tiler_denoise"]), tiler_model=values["tiler_model"])
+
+
+def tiler_resample_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The latent-tile resample options (``params`` keys) of the tiler stage, from the
+    Script's ``tiler_*`` values; the resample seed is the image's (-1)."""
+    out = resample_defaults()
+    out.update(enabled=True, resample=True, resample_mode=values["tiler_mode"],
+               resample_tile_size=int(values["tiler_tile_size"]),
+               resample_overlap=int(values["tiler_overlap"]), resample_batch=int(values["tiler_batch"]),
+               resample_denoise=float(values["tiler_denoise"]), resample_steps=int(values["tiler_steps"]),
+               resample_cfg=float(values["tiler_cfg"]), resample_sampler=values["tiler_sampler"],
+               resample_scheduler=values["tiler_scheduler"], resample_seed=-1)
+    return out
