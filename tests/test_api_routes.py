@@ -237,3 +237,23 @@ def test_model_fields_reads_pydantic_1_and_2_models():
         assert fields.given() == {"width"} and "alwayson_scripts" not in fields.given()
         with pytest.raises(KeyError):
             fields["nope"]
+
+
+def test_a_rewrite_changes_the_parsed_request_before_the_checks_and_the_endpoint():
+    app, api = make_app()
+    seen = []
+    checks = request_checks(app, parse_infotext)
+
+    def whole(request):
+        if request.fields.get("script_name") != "tools":
+            return None
+        return {"script_args": [request.infotext.get("Rows", "1"), *request.fields["script_args"]]}
+    checks.add_rewrite("whole", whole)
+    checks.add("sees", lambda r: seen.append(list(r.fields["script_args"])))
+    checks.add_rewrite("broken", lambda r: 1 / 0)          # reported, skipped
+    with TestClient(app) as c:
+        body = {"script_name": "tools", "script_args": [{"mask": "x"}], "infotext": "p\nRows: 2"}
+        assert c.post("/sdapi/v1/txt2img", json=body, auth=USER).status_code == 200
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": "x"}, auth=USER).status_code == 200
+    assert seen == [["2", {"mask": "x"}], []]
+    assert api.received[0].script_args == ["2", {"mask": "x"}] and api.received[1].script_args == []

@@ -24,6 +24,10 @@ STATE_KEY = "tilesampler_request_checks"
 MARK = "__tilesampler_request_checks__"
 
 ParseInfotext = Callable[[str], Mapping[str, Any]]
+Rewrite = Callable[[ApiRequest], Optional[Mapping[str, Any]]]
+"""``rewrite(request) -> {field: new value}`` or None: what to change in a request before
+the checks and the endpoint see it (a Script-tab script's short ``script_args`` made whole,
+which the host would otherwise splice into the other scripts' args)."""
 
 
 class RequestChecks:
@@ -32,6 +36,7 @@ class RequestChecks:
 
     def __init__(self, parse_infotext: Optional[ParseInfotext] = None) -> None:
         self.checks: dict[str, Check] = {}
+        self.rewrites: dict[str, Rewrite] = {}
         self.parse_infotext = parse_infotext
 
     def add(self, name: str, check: Check) -> None:
@@ -39,8 +44,23 @@ class RequestChecks:
         replaces the earlier one (scripts are reloaded with the UI)."""
         self.checks[name] = check
 
+    def add_rewrite(self, name: str, rewrite: Rewrite) -> None:
+        """Run ``rewrite`` on every request before the checks (replaced by ``name``)."""
+        self.rewrites[name] = rewrite
+
     def error(self, request: ApiRequest) -> Optional[str]:
         return first_error(request, list(self.checks.values()))
+
+    def rewrite(self, tab: str, model: Any) -> None:
+        """Apply the rewrites to the parsed request model, in place. A rewrite that fails
+        is reported on the console and skipped, as a failing check is."""
+        for name, rewrite in list(self.rewrites.items()):
+            try:
+                changes = rewrite(self.request(tab, model))
+                for field, value in (changes or {}).items():
+                    setattr(model, field, value)
+            except Exception as e:  # noqa: BLE001 - a bug of ours never blocks a job
+                print(f"[Tile Sampler] API rewrite {name!r} failed: {type(e).__name__}: {e}")
 
     def request(self, tab: str, model: Any) -> ApiRequest:
         """The checks' view of a parsed request model (its ``infotext`` parsed too)."""
@@ -122,6 +142,7 @@ def wrap_endpoint(route: Any, tab: str, checks: RequestChecks) -> bool:
         model = values.get(body_name)
         if model is None:
             return None
+        checks.rewrite(tab, model)
         message = checks.error(checks.request(tab, model))
         if message is None:
             return None

@@ -182,3 +182,25 @@ def tool_from_infotext(params: Mapping[str, str]) -> Optional[dict[str, Any]]:
             except ParamError as e:
                 raise ParamError(f"infotext {f.infotext!r}: {e}") from None
     return out
+
+
+def whole_script_args(args: Sequence[Any], infotext: Mapping[str, str]) -> Optional[list]:
+    """All the script's positional args for an API request that gives fewer (a named dict,
+    leading values, or none), or None when it gives all of them or they do not read (the
+    check says why). The hosts splice ``script_args`` into the slice of every script's args
+    that belongs to this script, so a shorter list would shift the args of the scripts after
+    it. The values are the defaults, then the tool's values in the request's ``infotext``,
+    then the ones given (so a named dict with only the mask re-runs a pasted infotext)."""
+    args = list(args)
+    if len(args) >= len(TOOL_FIELDS):
+        return None
+    try:
+        parse_tool_args(args)
+        values = tool_from_infotext(infotext) or tool_defaults()
+    except ParamError:
+        return None
+    given = dict(args[0]) if args and isinstance(args[0], Mapping) else \
+        {f.key: value for f, value in zip(TOOL_FIELDS, args)}
+    for key, value in given.items():
+        values[key] = _check(TOOL_FIELDS_BY_KEY[key], value)
+    return [values[f.key] for f in TOOL_FIELDS]
