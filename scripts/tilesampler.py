@@ -13,6 +13,7 @@ from modules.ui_components import InputAccordion
 
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.hosts.mask_grid_run import variation_job_of
 from lib_tilesampler.hypertile.geometry import HyperTileConfig
 from lib_tilesampler.job import JOBS, Job
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap
@@ -156,6 +157,8 @@ class TileSamplerScript(scripts.Script):
         except P.ParamError as e:
             report(p, f"{e}. The extension is off for this job.")
             return P.defaults()
+        if P.group_enabled(values, "resample") and variation_job_of(p) is not None:
+            values["resample"] = False     # the mask grid's variations: resampled once, as its source
         if P.group_enabled(values, "resample"):
             try:
                 values = host.resolve_names(values)
@@ -259,6 +262,18 @@ class TileSamplerScript(scripts.Script):
             report(p, "HyperTile tiled no attention layer: the image is too small for the tile "
                       f"size {values['hypertile_tile_size']} px at max depth "
                       f"{values['hypertile_max_depth']} (or the model has no attention there)", job)
+
+    def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
+        """Mask grid, Sample then Fork: one output per cell of each sampled image."""
+        variations = variation_job_of(p)
+        if variations is not None:
+            variations.expand(p, pp)
+
+    def postprocess_image_after_composite(self, p: Any, pp: Any, *args: Any) -> None:
+        """Mask grid: every output is the source outside its own cell."""
+        variations = variation_job_of(p)
+        if variations is not None:
+            variations.compose(p, pp)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         job = self._job(p)

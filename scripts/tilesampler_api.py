@@ -10,9 +10,12 @@ from typing import Any, Mapping, Optional
 from modules import script_callbacks
 
 from lib_tilesampler.api_check import ApiRequest, check_alwayson_args, check_infotext, \
-    request_fit_error
+    check_script_args, request_fit_error
 from lib_tilesampler.hosts import get_host
 from lib_tilesampler.job import JOBS
+from lib_tilesampler.params import ParamError
+from lib_tilesampler.tools import options as O
+from lib_tilesampler.tools.mask_grid_job import mask_grid_error, step_range
 
 TITLE = "Tile Sampler"
 LAST_JOB_PATH = "/tilesampler/v1/jobs/last"
@@ -42,6 +45,52 @@ def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[
     return _args_extra(values, request)
 
 
+def _whole_tool_args(request: ApiRequest) -> Optional[dict]:
+    """A named dict (or a few leading values) for the Script tab's tools made into all its
+    positional args, with the tool's values of the request's infotext underneath."""
+    args = request.script_args(O.TITLE)
+    if not isinstance(args, list):
+        return None
+    whole = O.whole_script_args(args, request.infotext)
+    return None if whole is None else {"script_args": whole}
+
+
+def _known(request: ApiRequest, field: str, infotext_key: str, default: Any) -> Any:
+    """A request field's value, or None when the infotext will paste it (not given)."""
+    if infotext_key in request.infotext and field not in request.given:
+        return None
+    value = request.fields.get(field)
+    return default if value is None else value
+
+
+def _mask_grid_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    """The mask grid's request: the mask, the grid at the size the job samples, the step
+    range and the sampler, before any work."""
+    if O.TOOL.infotext in request.infotext:
+        try:
+            O.tool_from_infotext(request.infotext)
+        except ParamError as e:
+            return str(e)
+    if values["tool"] != "mask_grid":
+        return None
+    try:
+        steps = _known(request, "steps", "Steps", 50)
+        denoise = _known(request, "denoising_strength", "Denoising strength", 0.75)
+        steps, denoise = (int(steps), float(denoise)) if None not in (steps, denoise) else (None, None)
+    except (TypeError, ValueError):
+        steps = denoise = None
+    error = mask_grid_error(values, tab=request.tab, size=request.last_size(), steps=steps,
+                            denoise=denoise, has_inpaint_mask=bool(request.fields.get("mask")))
+    if error or steps is None:
+        return error
+    sampler = request.fields.get("sampler_name") or request.fields.get("sampler_index")
+    if sampler and step_range(steps, denoise, values["start_step"], values["end_step"]).explicit \
+            and not get_host().sampler_takes_sigmas(sampler):
+        from lib_tilesampler.hosts.mask_grid_run import sigma_sampler_sentence
+        return sigma_sampler_sentence(sampler)
+    return None
+
+
 def last_job() -> dict:
     """What the latest job of the extension ran: sampler runs and denoiser evaluations per
     stage, HyperTile's counts, notes (``GET /tilesampler/v1/jobs/last``)."""
@@ -54,6 +103,9 @@ def _install(_demo: Any, app: Any) -> None:
     checks = host.api_request_checks(app)
     checks.add("tile sampler args", check_alwayson_args(TITLE, extra=_args_extra))
     checks.add("tile sampler infotext", check_infotext(TITLE, extra=_infotext_extra))
+    checks.add_rewrite("tile sampler tools args", _whole_tool_args)
+    checks.add("tile sampler tools mask grid",
+               check_script_args(O.TITLE, O.parse_tool_args, extra=_mask_grid_extra))
     if not any(getattr(r, "path", None) == LAST_JOB_PATH for r in app.routes):
         host.add_api_route(app, LAST_JOB_PATH, last_job, methods=["GET"])
 

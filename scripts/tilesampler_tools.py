@@ -5,7 +5,7 @@ UI and API args -> ``lib_tilesampler.tools.options`` -> the host adapter's tool 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import gradio as gr
 
@@ -54,6 +54,16 @@ def _control(field: P.Field, elem_id: str, choices: Any = None) -> Any:
                      step=field.step, value=field.default, elem_id=elem_id, info=info)
 
 
+def _paste_value(field: P.Field) -> Any:
+    """Infotext -> control value: the tool's label for the radio, real booleans for the
+    checkboxes (the API's infotext field would turn the text "False" into True)."""
+    if field.key == O.TOOL.key:
+        return lambda d: O.TOOL_LABELS.get(d.get(field.infotext), d.get(field.infotext))
+    if field.kind is bool:
+        return lambda d: (str(d[field.infotext]).strip().lower() == "true") if field.infotext in d else None
+    return field.infotext
+
+
 class TileSamplerTools(scripts.Script):
     def title(self) -> str:
         return O.TITLE
@@ -87,10 +97,12 @@ class TileSamplerTools(scripts.Script):
         labels = {label: key for key, label in O.TOOL_LABELS.items()}
         made["tool"].change(fn=lambda label: [gr.update(visible=labels.get(label) == t) for t in groups],
                             inputs=made["tool"], outputs=list(groups.values()), show_progress=False)
-        self.infotext_fields = [(made[f.key], f.infotext) for f in O.TOOL_FIELDS if f.key != "mask"]
+        self.infotext_fields = [(made[f.key], _paste_value(f)) for f in O.TOOL_FIELDS if f.key != "mask"]
         return [made[f.key] for f in O.TOOL_FIELDS]
 
     def run(self, p: Any, *args: Any) -> Any:
+        if args and isinstance(args[0], Mapping):
+            args = args[:1]     # a named dict: what follows it belongs to other scripts
         values = O.parse_tool_args(args)
         p.extra_generation_params["Script"] = self.title()
         host = get_host()

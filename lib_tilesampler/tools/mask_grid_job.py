@@ -212,17 +212,19 @@ def mask_grid_error(values: Mapping[str, Any], *, tab: str, size: Optional[tuple
                     steps: Optional[int], denoise: Optional[float],
                     has_inpaint_mask: bool = False) -> Optional[str]:
     """Why a mask-grid request cannot run, before any work, or None. ``size`` (width,
-    height), ``steps`` and ``denoise`` are None when the request does not fix them yet."""
+    height), ``steps`` and ``denoise`` are None when the request does not fix them yet. With
+    "use the inpaint mask" the img2img inpaint mask is the cell mask; without one the
+    uploaded mask is used."""
     try:
         check_mode(values["mode"])
-        if values["use_inpaint_mask"] and tab == "img2img":
-            if not has_inpaint_mask:
-                raise MaskGridError("Mask grid: 'use the inpaint mask' is on but the request has no "
-                                    "inpaint mask (the img2img 'mask' field).")
-        elif is_empty_mask(values["mask"]):
+        inpaint = values["use_inpaint_mask"] and tab == "img2img" and has_inpaint_mask
+        if values["use_inpaint_mask"] and not inpaint and is_empty_mask(values["mask"]):
+            raise MaskGridError("Mask grid: 'use the inpaint mask' is on but the request has no "
+                                "inpaint mask (the img2img 'mask' field).")
+        if not inpaint and is_empty_mask(values["mask"]):
             raise MaskGridError("Mask grid: no cell mask; give one (white = regenerate), as a base64 "
                                 "PNG in the API.")
-        else:
+        if not inpaint:
             load_mask(values["mask"])
         if size is not None:
             grid = cell_geometry(size[0], size[1], values["rows"], values["columns"])
