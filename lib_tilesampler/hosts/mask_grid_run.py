@@ -34,7 +34,7 @@ from ..tools.mask_grid import CellGrid, MaskGridError, cell_geometry, cell_label
     fork_in_pixels, grid_mask
 from ..tools.mask_grid_job import (SAMPLE_THEN_FORK, CellMask, StepRange, VariationRows,
                                    cell_boxes_mask, cell_mask_for, cut_schedule, is_empty_mask,
-                                   one_cell_mask, step_range)
+                                   step_range)
 from ..tools.sigmas import img2img_call_for_sigmas, sigma_override
 from .webui_common import overridden
 
@@ -194,8 +194,11 @@ class VariationJob:
         if sampled.shape != self.source.shape:
             raise MaskGridError(f"Mask grid: the sampled image is {tuple(sampled.shape[1:])} px, the "
                                 f"source {tuple(self.source.shape[1:])}: cannot fork it.")
-        mask = one_cell_mask(self.cell.forked, self.grid, j % self.grid.count)
-        pp.image = to_image(fork_in_pixels(self.source, sampled, mask[None])[0])
+        box = self.grid.slices(j % self.grid.count)
+        out = self.source.clone()          # outside the cell: the source, copied
+        out[(slice(None), *box)] = fork_in_pixels(self.source[(slice(None), *box)],
+                                                  sampled[(slice(None), *box)], self.cell.forked[None])[0]
+        pp.image = to_image(out)
         self.composed.add(j)
 
 
