@@ -246,6 +246,12 @@ def test_the_infotext_restores_the_options(webui, source):
     as the only named arg, runs the same job: our options, the seed, steps and sampler come
     from the infotext. (The WebUI's img2img API restores only the fields its paste table
     marks for the API, which leaves out prompt, CFG, size and denoise: they are sent.)"""
+    probe = webui.call("/sdapi/v1/txt2img", payload(None, width=64, height=64, steps=1,
+                                                    infotext="probe\nSteps: 1, Seed: 1"))
+    if probe.status == 500 and "parameterized generic" in str(probe.body):
+        pytest.skip("this WebUI's API cannot apply an infotext at all (Forge 2: TypeError "
+                    "'isinstance() argument 2 cannot be a parameterized generic' in apply_infotext, "
+                    "also for requests without this extension's keys)")
     options = named(mode="Fork then Sample", cells_per_batch=2, start_step=1, feather=3, seed_per_cell=True)
     first = img2img(webui, source, [options], seed=91)
     assert first.status == 200, first.body
