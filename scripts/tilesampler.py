@@ -17,6 +17,7 @@ from lib_tilesampler.hosts import get_host
 from lib_tilesampler.preview import PlanRequestError, plan_job, stage_work_per_evaluation, tiling_of
 from lib_tilesampler.preview_text import error_html, preview_html
 from lib_tilesampler.speed import SPEED
+from lib_tilesampler.hosts.mask_grid_run import variation_job_of
 from lib_tilesampler.hypertile.geometry import HyperTileConfig
 from lib_tilesampler.job import JOBS, TOOL_ATTR, Job
 from lib_tilesampler.tiling.passes import TilePlan, make_wrap
@@ -218,6 +219,8 @@ class TileSamplerScript(scripts.Script):
             values["resample"] = False
             report(p, "the latent tile resample is off in this job: the Tile Sampler tools' "
                       "refine & upscale tiles it itself")
+        if P.group_enabled(values, "resample") and variation_job_of(p) is not None:
+            values["resample"] = False     # the mask grid's variations: resampled once, as its source
         if P.group_enabled(values, "resample"):
             try:
                 values = host.resolve_names(values)
@@ -345,6 +348,18 @@ class TileSamplerScript(scripts.Script):
                        f"at max depth {values['hypertile_max_depth']} (or the model has no "
                        "attention there)")
             report(p, f"HyperTile tiled no attention layer: {why}", job)
+
+    def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
+        """Mask grid, Sample then Fork: one output per cell of each sampled image."""
+        variations = variation_job_of(p)
+        if variations is not None:
+            variations.expand(p, pp)
+
+    def postprocess_image_after_composite(self, p: Any, pp: Any, *args: Any) -> None:
+        """Mask grid: every output is the source outside its own cell."""
+        variations = variation_job_of(p)
+        if variations is not None:
+            variations.compose(p, pp)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         job = self._job(p)

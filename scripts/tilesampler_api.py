@@ -23,6 +23,7 @@ from lib_tilesampler.speed import SPEED
 from lib_tilesampler.params import ParamError
 from lib_tilesampler.tools import options as O
 from lib_tilesampler.tools.refine_upscale_check import request_tool_error
+from lib_tilesampler.tools.mask_grid_job import mask_grid_error, step_range
 
 TITLE = "Tile Sampler"
 LAST_JOB_PATH = "/tilesampler/v1/jobs/last"
@@ -65,7 +66,46 @@ def _tool_extra(_values: Mapping[str, Any], request: ApiRequest) -> Optional[str
         values = tool_values(request)
     except ParamError as e:
         return str(e)
-    return request_tool_error(values, request, host.tool_names(), host.tool_limits()) if values else None
+    if not values:
+        return None
+    return request_tool_error(values, request, host.tool_names(), host.tool_limits()) \
+        or _mask_grid_extra(values, request)
+
+
+def _known(request: ApiRequest, field: str, infotext_key: str, default: Any) -> Any:
+    """A request field's value, or None when the infotext will paste it (not given)."""
+    if infotext_key in request.infotext and field not in request.given:
+        return None
+    value = request.fields.get(field)
+    return default if value is None else value
+
+
+def _mask_grid_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
+    """The mask grid's request: the mask, the grid at the size the job samples, the step
+    range and the sampler, before any work."""
+    if O.TOOL.infotext in request.infotext:
+        try:
+            O.tool_from_infotext(request.infotext)
+        except ParamError as e:
+            return str(e)
+    if values["tool"] != "mask_grid":
+        return None
+    try:
+        steps = _known(request, "steps", "Steps", 50)
+        denoise = _known(request, "denoising_strength", "Denoising strength", 0.75)
+        steps, denoise = (int(steps), float(denoise)) if None not in (steps, denoise) else (None, None)
+    except (TypeError, ValueError):
+        steps = denoise = None
+    error = mask_grid_error(values, tab=request.tab, size=request.last_size(), steps=steps,
+                            denoise=denoise, has_inpaint_mask=bool(request.fields.get("mask")))
+    if error or steps is None:
+        return error
+    sampler = request.fields.get("sampler_name") or request.fields.get("sampler_index")
+    if sampler and step_range(steps, denoise, values["start_step"], values["end_step"]).explicit \
+            and not get_host().sampler_takes_sigmas(sampler):
+        from lib_tilesampler.hosts.mask_grid_run import sigma_sampler_sentence
+        return sigma_sampler_sentence(sampler)
+    return None
 
 
 def last_job() -> dict:

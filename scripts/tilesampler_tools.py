@@ -55,9 +55,12 @@ def _control(field: P.Field, elem_id: str, choices: Any = None) -> Any:
 
 
 def _paste_value(field: P.Field) -> Any:
-    """Infotext -> control value: the tool is stored by key, the Radio shows its label."""
+    """Infotext -> control value: the tool's label for the radio, real booleans for the
+    checkboxes (the API's infotext field would turn the text "False" into True)."""
     if field.key == O.TOOL.key:
-        return lambda d: O.TOOL_LABELS.get(str(d.get(field.infotext, "")).strip())
+        return lambda d: O.TOOL_LABELS.get(d.get(field.infotext), d.get(field.infotext))
+    if field.kind is bool:
+        return lambda d: (str(d[field.infotext]).strip().lower() == "true") if field.infotext in d else None
     return field.infotext
 
 
@@ -100,7 +103,7 @@ class TileSamplerTools(scripts.Script):
 
     def run(self, p: Any, *args: Any) -> Any:
         if args and isinstance(args[0], Mapping):
-            args = args[:1]    # the API's slice assignment moved other scripts' args after a dict
+            args = args[:1]     # a named dict: what follows it belongs to other scripts
         values = O.parse_tool_args(args)
         p.extra_generation_params["Script"] = self.title()
         host = get_host()

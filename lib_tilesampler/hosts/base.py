@@ -95,6 +95,16 @@ class Host(Protocol):
     def add_api_route(self, app: Any, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         """Add a route of ours to the host's API, behind its ``--api-auth``."""
 
+    def sampler_takes_sigmas(self, sampler_name: str) -> bool:
+        """Whether the host's sampler of that name can run a given sigma schedule."""
+
+    # ---------------------------------------------------------------- Script tools
+    def run_refine_upscale(self, p: Any, values: Mapping[str, Any]) -> Any:
+        """The refine & upscale tool for the job ``p``; returns the host's ``Processed``."""
+
+    def run_mask_grid(self, p: Any, values: Mapping[str, Any]) -> Any:
+        """The mask-grid tool for the job ``p``; returns the host's ``Processed``."""
+
     def should_stop(self) -> bool: ...
 
     def model_key(self) -> Optional[str]:

@@ -331,6 +331,27 @@ class WebUIFamilyHost(ToolsHost):
     def control_units(self, p: Any) -> int:
         return sum(1 for _, args in _script_args(p, CONTROLNET_TITLES) for unit in args if _is_on(unit))
 
+    def sampler_takes_sigmas(self, sampler_name: str) -> bool:
+        """True unless ``sampler_name`` is one of the host's timestep samplers (DDIM, PLMS,
+        UniPC), which cannot run a given sigma schedule."""
+        from modules import sd_samplers, sd_samplers_timesteps
+        name = sd_samplers.samplers_map.get(str(sampler_name).lower(), sampler_name)
+        return name not in {s.name for s in sd_samplers_timesteps.samplers_data_timesteps}
+
+    # ------------------------------------------------------------------ Script tools
+    def run_mask_grid(self, p: Any, values: Mapping[str, Any]) -> Any:
+        """The Script's mask-grid tool (``mask_grid_run``); a mistake of the user's is a
+        sentence in the UI and an HTTP 422 from the API."""
+        from ..tools.mask_grid import MaskGridError
+        from .mask_grid_run import run_mask_grid
+        try:
+            return run_mask_grid(self, p, values)
+        except MaskGridError as e:
+            if getattr(p, "is_api", False):
+                from fastapi import HTTPException
+                raise HTTPException(status_code=422, detail=str(e)) from None
+            raise
+
     # ---------------------------------------------------------------------- HTTP API
     @staticmethod
     def parse_infotext(text: str) -> dict:

@@ -97,16 +97,19 @@ MASK_GRID_FIELDS: tuple[Field, ...] = (
     Field("mode", "Mode", "MG mode", str, MODES[0], choices=MODES, group="mask_grid",
           info="Sample then Fork: one sampling, one output per cell. Fork then Sample: every "
                "cell sampled on its own (batched)."),
-    Field("add_noise", "Add noise", "MG add noise", bool, True, group="mask_grid"),
+    Field("add_noise", "Add noise", "MG add noise", bool, True, group="mask_grid",
+          info="Off: the sampler gets no noise and starts from the image as it is."),
     Field("start_step", "Start at step", "MG start step", int, -1, -1, 150, 1, group="mask_grid",
-          info="-1: where the main denoise starts."),
+          info="-1: where the main denoise starts (as the WebUI's img2img)."),
     Field("end_step", "End at step", "MG end step", int, -1, -1, 150, 1, group="mask_grid",
-          info="-1: the last step."),
+          info="-1: the last step; before it, the sampling stops there."),
     Field("leftover_noise", "Return with leftover noise", "MG leftover noise", bool, False,
-          group="mask_grid", info="Stop before the end with the noise still in: decoded, the "
-                                  "cells look noisy (for chaining in latent space)."),
+          group="mask_grid", info="With an end step before the last: keep that step's noise; "
+                                  "decoded, the regenerated area stays grainy. Off: the last "
+                                  "step goes to a clean image."),
     Field("seed_per_cell", "A different seed per cell", "MG seed per cell", bool, False,
-          group="mask_grid", info="Off: one seed for all cells (as the seed node)."),
+          group="mask_grid", info="Fork then Sample: cell i gets seed + i (off: one seed for "
+                                  "all). Sample then Fork samples once, with the job's seed."),
     Field("feather", "Feather (px)", "MG feather", int, 0, 0, 256, 1, group="mask_grid",
           info="Soften the cell border inside the cell; pixels outside stay the source's."),
     Field("cells_per_batch", "Cells per batch", "MG cells per batch", int, 4, 1, 256, 1,
@@ -183,3 +186,4 @@ def tool_from_infotext(params: Mapping[str, str]) -> Optional[dict[str, Any]]:
             except ParamError as e:
                 raise ParamError(f"infotext {f.infotext!r}: {e}") from None
     return out
+
