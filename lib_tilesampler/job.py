@@ -44,6 +44,7 @@ class Job:
         self.host: Any = None               # the host adapter's per-job state
         self.script: Any = None             # the script's per-job state
         self.closed = False
+        self.reporter: Optional[Callable[[str], None]] = None   # tells the user (UI, infotext)
         self.started = time.perf_counter()
         self._patches: list[PatchSet] = []
         self._on_close: list[Callable[[], None]] = []
@@ -66,6 +67,13 @@ class Job:
             return False
         self.notes.append(message)
         return True
+
+    def say(self, message: str) -> None:
+        """Tell the user ``message`` once, through the script's reporter when it set one."""
+        if self.reporter is not None:
+            self.reporter(message)
+        elif self.note(message):
+            print(f"[Tile Sampler] {message}")
 
     def count(self, evaluations: int = 1, stage: Optional[str] = None) -> None:
         """Count denoiser evaluations of the current (or the given) stage."""

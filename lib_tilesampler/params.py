@@ -101,6 +101,7 @@ SAME = "same as main"
 RESAMPLE_MODES = ("independent", "fused", "moving")
 RESAMPLE_WHERE = ("after", "during")
 RESAMPLE_WEIGHTS = ("gaussian", "uniform")
+RESAMPLE_SIZE_COND = ("tile", "image")
 
 RESAMPLE_FIELDS: tuple[Field, ...] = (
     Field("resample", "Latent tile resample", "Resample", bool, False, group="resample",
@@ -137,6 +138,11 @@ RESAMPLE_FIELDS: tuple[Field, ...] = (
           info="A schedule type of the WebUI, or 'same as main'."),
     Field("resample_seed", "Seed (-1 = the image's seed)", "Resample seed", int, -1, -1,
           2 ** 32 - 1, 1, group="resample"),
+    Field("resample_size_cond", "SDXL size conditioning", "Resample SDXL size", str, "tile",
+          choices=RESAMPLE_SIZE_COND, group="resample",
+          info="SDXL only. tile: each tile is told its size and its place in the image (SDXL's "
+               "crop conditioning), as the crop of the image it is; image: every tile gets the "
+               "whole image's size and crop values."),
 )
 
 FIELDS: tuple[Field, ...] = (MASTER,) + HYPERTILE_FIELDS + RESAMPLE_FIELDS
