@@ -1,0 +1,153 @@
+"""ControlNet per tile through the HTTP API of a running WebUI: Forge 2's built-in
+ControlNet, or A1111 1.10 with sd-webui-controlnet. Opt-in: TILESAMPLER_WEBUI_URL and
+TILESAMPLER_CN_MODEL (a control model of that WebUI, e.g. the random ones of
+``tests/fixtures/make_controlnet.py``); see tests/integration/README.md.
+
+The pass under test is the latent-tile resample after an img2img at denoising strength 0
+(which samples nothing), so the ControlNet unit acts only inside the tiled pass and two
+jobs that differ only in the unit's hint differ only there. 512 x 256 with 256 px tiles
+and 64 px of overlap is three tiles: cells 0-31, 16-47 and 32-63 of the 64-cell-wide
+latent, so the left quarter of the image is sampled by the left tile alone and the right
+quarter by the right tile alone (the comparisons look at the outer eighths, beyond the reach
+of the VAE decoder's convolutions from the tiles' borders).
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import os
+
+import pytest
+
+from webui import TITLE
+
+STEPS = int(os.environ.get("TILESAMPLER_IT_STEPS", "2"))
+MODEL_VAR, LLLITE_VAR, LOG_VAR = "TILESAMPLER_CN_MODEL", "TILESAMPLER_CN_LLLITE", "TILESAMPLER_WEBUI_LOG"
+WIDTH, HEIGHT = 512, 256
+RESAMPLE = {"resample": True, "resample_mode": "independent", "resample_tile_size": 256,
+            "resample_overlap": 64, "resample_batch": 1, "resample_denoise": 1.0,
+            "resample_steps": STEPS, "resample_cfg": 1.5, "resample_sampler": "Euler"}
+
+
+def png(array) -> str:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def hint(seed: int):
+    """A hint that is black on the left half and a random pattern (seeded) on the right."""
+    import numpy
+    rng = numpy.random.default_rng(seed)
+    array = numpy.zeros((HEIGHT, WIDTH, 3), dtype=numpy.uint8)
+    array[:, WIDTH // 2:] = rng.integers(0, 256, size=(HEIGHT, WIDTH // 2, 3), dtype=numpy.uint8)
+    return array
+
+
+def init_image() -> str:
+    import numpy
+    rng = numpy.random.default_rng(5)
+    return png(rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=numpy.uint8))
+
+
+@pytest.fixture(scope="module")
+def host(webui):
+    wanted = os.environ.get(MODEL_VAR)
+    if not wanted:
+        pytest.skip(f"set {MODEL_VAR} to a control model of the WebUI (see tests/integration/README.md)")
+    answer = webui.call("/controlnet/model_list")
+    if answer.status != 200:
+        pytest.skip(f"{webui.url} has no ControlNet API ({answer.status})")
+    models = answer.body.get("model_list", [])
+
+    def model(name):
+        found = [m for m in models if m == name or m.split(" [")[0] == name]
+        assert found, f"{name!r} is not among the WebUI's control models {models}"
+        return found[0]
+    forge = webui.is_forge()
+    return {"webui": webui, "model": model, "cn": model(wanted), "none": "None" if forge else "none",
+            "forge": forge}
+
+
+def unit(host, model, image, **more):
+    return {"enabled": True, "module": host["none"], "model": model, "image": png(image),
+            "weight": 1.0, "resize_mode": "Just Resize", "processor_res": 512, "pixel_perfect": False,
+            "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced", **more}
+
+
+def img2img(host, units, named=RESAMPLE):
+    """The same warm-up txt2img first: img2img's VAE encode draws from torch's global
+    generator, so two img2img jobs compare only after the same preceding request."""
+    webui = host["webui"]
+    warm = webui.call("/sdapi/v1/txt2img", {"prompt": "warm-up", "steps": 1, "width": 64,
+                                            "height": 64, "seed": 1, "sampler_name": "Euler"})
+    assert warm.status == 200, warm.body
+    body = {"prompt": "a harbour town", "negative_prompt": "blurry", "init_images": [init_image()],
+            "denoising_strength": 0.0, "steps": STEPS, "width": WIDTH, "height": HEIGHT, "seed": 11,
+            "sampler_name": "Euler", "cfg_scale": 1.5,
+            "alwayson_scripts": {TITLE: {"args": [copy.deepcopy(named)]}}}
+    if units:
+        body["alwayson_scripts"]["controlnet"] = {"args": units}
+    log = os.environ.get(LOG_VAR)
+    start = os.path.getsize(log) if log and os.path.exists(log) else None
+    answer = webui.call("/sdapi/v1/img2img", body)
+    assert answer.status == 200, answer.body
+    if start is not None:
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            new = f.read()
+        assert "could not be applied" not in new, new[-2000:]
+        assert "Traceback" not in new, new[-4000:]
+    return answer
+
+
+@pytest.fixture(scope="module")
+def runs(host):
+    """The unit with two hints that agree on the left half, and no unit."""
+    return {"p": img2img(host, [unit(host, host["cn"], hint(1))]),
+            "q": img2img(host, [unit(host, host["cn"], hint(2))]),
+            "none": img2img(host, [])}
+
+
+def region_difference(a, b, left: int, right: int) -> float:
+    import numpy
+    return float(numpy.abs(a.pixels()[:, left:right].astype(int) - b.pixels()[:, left:right].astype(int)).mean())
+
+
+def test_unit_runs_in_the_tiles_without_a_note_and_changes_the_image(runs):
+    for answer in (runs["p"], runs["q"]):
+        text = answer.infotext
+        assert "Resample: True" in text and "Tile Sampler note" not in text, text
+    assert runs["p"].digest() != runs["none"].digest(), "the ControlNet unit changed nothing"
+
+
+def test_each_tile_gets_its_own_part_of_the_hint(runs):
+    """Left eighth: sampled by the left tile alone, whose part of both hints is black, so
+    the two jobs differ there only through the VAE decoder (its mid-block attention sees the
+    whole latent). Right eighth: the right tile sees the two different patterns. A tile
+    given the whole hint (squeezed) would see the patterns on the left too; a tile given no
+    hint would see none on the right. (Measured on A1111's tiny checkpoint: left 1.3, right
+    9.1 grey levels.)"""
+    left = region_difference(runs["p"], runs["q"], 0, WIDTH // 8)
+    right = region_difference(runs["p"], runs["q"], 7 * WIDTH // 8, WIDTH)
+    assert right > 0.5, f"the hint's right half did not reach the right tile ({right:.3f})"
+    assert right > 4 * left, f"the left tile saw the right half's pattern (left {left:.3f}, right {right:.3f})"
+
+
+def test_fused_mode_runs_with_the_unit(host, runs):
+    answer = img2img(host, [unit(host, host["cn"], hint(1))], dict(RESAMPLE, resample_mode="fused",
+                                                                   resample_batch=2))
+    assert "Tile Sampler note" not in answer.infotext, answer.infotext
+    assert answer.digest() != runs["none"].digest()
+
+
+def test_a_unit_that_cannot_be_tiled_is_named_and_runs_on_the_whole_image(host):
+    name = os.environ.get(LLLITE_VAR)
+    if not name:
+        pytest.skip(f"set {LLLITE_VAR} to a ControlLLLite model of the WebUI (make_controlnet.py --kind lllite-*)")
+    answer = img2img(host, [unit(host, host["model"](name), hint(1))])
+    text = answer.infotext
+    assert "Tile Sampler note" in text and "ControlLLLite" in text, text
+    assert "latent tile resample is off" in text, text
