@@ -7,7 +7,8 @@ import torch
 from denoisers import ROWS, row_t
 from lib_tilesampler.hosts.a1111_control import A1111TileInputs, units_not_tiled
 from lib_tilesampler.hosts.forge import chained_function_wrapper
-from lib_tilesampler.hosts.forge_control import ForgeTileInputs, cut_residuals, tile_options
+from lib_tilesampler.hosts.forge_control import (TILE_CALL, ForgeTileInputs, cut_residuals,
+                                                 skipping_controlnet_wrapper, tile_options)
 from lib_tilesampler.tiling.conditioning import (TilePlace, crop_cond, pop_place, roll_cond,
                                                  tile_blocks, with_place)
 from lib_tilesampler.tiling.denoisers import fused_denoiser, moving_seam_denoiser
@@ -258,6 +259,23 @@ def test_forge_whole_residuals_are_cut_for_a_tile_of_the_whole_latent_only():
     assert torch.equal(out["output"][0], control["output"][0][..., :16, :16]) and out["output"][1] is None
     assert out["output"] is not control["output"]
     assert cut_residuals(control, place, (16, 16))["output"][0] is control["output"][0]
+
+
+def test_forge_skips_the_whole_latents_controlnet_only_for_a_call_about_to_be_tiled():
+    calls = []
+    inner = lambda **kw: calls.append(kw["x"].shape) or ["residual"]
+    head = ControlNet(PixelControlNet(), hint_image(1))
+    args = dict(x=torch.zeros(1, 4, 8, 8), hint=torch.zeros(1, 3, 64, 64), timesteps=torch.zeros(1),
+                context=torch.zeros(1, 7, 32), y=None, model=head, inner_model=inner)
+    assert skipping_controlnet_wrapper(None, lambda: head)(**args) == [] and not calls
+    head.transformer_options = {TILE_CALL: True}                       # our own tile call
+    assert skipping_controlnet_wrapper(None, lambda: head)(**args) == ["residual"]
+    head.transformer_options = {}
+    assert skipping_controlnet_wrapper(None, lambda: None)(**args) == ["residual"]   # not tiling
+    mixed = ControlNet(PixelControlNet(), hint_image(1), previous=OtherControl(PixelControlNet(), hint_image(1)))
+    assert skipping_controlnet_wrapper(None, lambda: mixed)(**dict(args, model=mixed)) == ["residual"]
+    theirs = lambda **kw: ["theirs"]
+    assert skipping_controlnet_wrapper(theirs, lambda: None)(**args) == ["theirs"]
 
 
 # ------------------------------------------------------------------------ A1111 glue

@@ -25,7 +25,7 @@ from ..job import Job
 from ..module_patch import PatchSet
 from ..tiling.conditioning import TilePlace, pop_place, with_place
 from ..tiling.passes import Wrap
-from .forge_control import ForgeTileInputs, tile_options, units_not_tiled
+from .forge_control import ForgeTileInputs, skipping_controlnet_wrapper, tile_options, units_not_tiled
 from .webui_common import JobHostState, WebUIFamilyHost
 
 _PATCH_KEYS = ("attn1_patch", "attn1_output_patch")
@@ -64,12 +64,11 @@ def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Calla
         c, place = pop_place(c)
         rows = args["input"].shape[0]
         tiles = x.shape[0] // rows
-        if place is not None and not place.is_whole and tile_inputs is not None:
+        if place is not None and tile_inputs is not None:
+            # the whole latent too (a tile as large as it): its residuals may have been skipped
             c = tile_inputs.for_tiles(args["c"], x, t, c, place, whole_control,
                                       tuple(args["input"].shape[-2:]))
         else:
-            if place is not None and "control" in args["c"]:
-                c = dict(c, control=whole_control)          # a call over the whole latent
             if tiles > 1:  # k tiles stacked tile-major: each chunk list repeats k times
                 c = dict(c, transformer_options=tile_options(args["c"].get("transformer_options"), tiles))
         if previous is None:
@@ -136,11 +135,18 @@ class ForgeHost(WebUIFamilyHost):
         return unet
 
     @staticmethod
-    def _with_wrapper(unet: Any, wrap: Callable[[], Optional[Wrap]], state: "ForgeJobState") -> Any:
+    def _with_wrapper(unet: Any, wrap: Callable[[], Optional[Wrap]], state: "ForgeJobState",
+                      head: Callable[[], Any] = lambda: None) -> Any:
+        """``unet`` cloned with the tiling wrapper, and the ControlNet wrapper that skips the
+        whole latent's residuals of a call about to be tiled (``head()``: the ControlNet
+        chain the U-Net samples with now)."""
         unet = unet.clone()
         unet.set_model_unet_function_wrapper(
             chained_function_wrapper(unet.model_options.get("model_function_wrapper"), wrap,
                                      lambda: state.inputs))
+        previous = unet.model_options.get("transformer_options", {}).get("controlnet_model_function_wrapper")
+        unet.set_controlnet_model_function_wrapper(
+            skipping_controlnet_wrapper(previous, lambda: head() if wrap() is not None else None))
         return unet
 
     def tile_inputs(self, p: Any, job: Job) -> ForgeTileInputs:
@@ -181,7 +187,8 @@ class ForgeHost(WebUIFamilyHost):
         if state.planner is not None and not has_our_patches(options):
             changed = self._with_hypertile(changed, state.planner)
         if state.wrap is not None and not _ours(options.get("model_function_wrapper")):
-            changed = self._with_wrapper(changed, state.wrap, state)
+            changed = self._with_wrapper(changed, state.wrap, state,
+                                         lambda: getattr(objects.unet, "controlnet_linked_list", None))
         if changed is not unet:
             objects.unet = changed
 
@@ -204,7 +211,8 @@ class ForgeHost(WebUIFamilyHost):
             return None if w is None else host_wrap(w)
         state.wrap = current
         self.tile_inputs(p, job)
-        unet = self._with_wrapper(original, current, state)
+        unet = self._with_wrapper(original, current, state,
+                                  lambda: getattr(p.sd_model.forge_objects.unet, "controlnet_linked_list", None))
         objects.unet = unet
 
         def undo() -> None:

@@ -17,6 +17,12 @@ whole latent do not fit a tile. So in a tile call:
   reference-only and style-align index rows with), ``sigmas`` kept per image;
 * SDXL's ``y`` gets each tile's crop corner and size (``hints.size_vector_for_tiles``)
   unless the job keeps the whole image's values.
+
+As the tile calls compute their own residuals, the whole latent's are not needed when every
+node can be given a tile's hint: ``skipping_controlnet_wrapper`` (Forge's
+``controlnet_model_function_wrapper`` slot) returns no residuals for a ControlNet called on a
+call that is about to be tiled, which saves one ControlNet evaluation of the whole latent per
+step (the memory a tiled pass is for). Calls of ours are marked in their options.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ from ..tiling.hints import (LATENT_SCALE, SDXL_BASE, SDXL_REFINER, SizeCondLayou
                             crop_pixels, holds_crop, size_vector_for_tiles)
 
 HINTED_NODES = ("ControlNet", "ControlLora", "T2IAdapter")   # get a tile's hint
+SKIPPABLE_NODES = ("ControlNet", "ControlLora")                # whole-latent run can be skipped
+TILE_CALL = "tilesampler_tile_call"                           # in the options of our calls
 SIZE_LAYOUTS = (SDXL_BASE, SDXL_REFINER)
 
 
@@ -107,7 +115,7 @@ class ForgeTileInputs:
         if head is not None:
             c["control"] = self._control(head, x, t, c, place, whole_control, whole_hw)
         y = c.get("y")
-        if self.per_tile_size and isinstance(y, torch.Tensor):
+        if self.per_tile_size and isinstance(y, torch.Tensor) and not place.is_whole:
             layout = self._layout(whole_c.get("y"))
             if layout is not None:
                 c["y"] = size_vector_for_tiles(y, place, layout, self.crop_top_left)
@@ -207,6 +215,7 @@ def tile_options(options: Any, tiles: int, cond_indices: Callable = _default_con
     if not isinstance(options, dict) or not isinstance(options.get("cond_or_uncond"), list):
         return options
     out = dict(options)
+    out[TILE_CALL] = True
     out["cond_or_uncond"] = list(options["cond_or_uncond"]) * tiles
     mark = options.get("cond_mark")
     if isinstance(mark, torch.Tensor):
@@ -215,6 +224,35 @@ def tile_options(options: Any, tiles: int, cond_indices: Callable = _default_con
     if isinstance(sigmas, torch.Tensor) and "cond_indices" in options:
         out["cond_indices"], out["uncond_indices"] = cond_indices(out["cond_or_uncond"], sigmas)
     return out
+
+
+def skipping_controlnet_wrapper(previous: Optional[Callable[..., Any]], tiling: Callable[[], Optional[Any]]
+                                ) -> Callable[..., Any]:
+    """A ``controlnet_model_function_wrapper`` that gives no residuals when a ControlNet runs
+    on a call ``tiling()`` (the chain's head, or None) says is about to be tiled and every
+    node of the chain can be given a tile's hint; otherwise it runs the control model (through
+    ``previous``, another extension's wrapper, when there is one)."""
+    while getattr(previous, "__tilesampler_patch__", False):
+        previous = getattr(previous, "__tilesampler_previous__", None)
+
+    def wrapper(**kwargs: Any) -> Any:
+        node = kwargs.get("model")
+        options = getattr(node, "transformer_options", None) or {}
+        if not options.get(TILE_CALL) and type(node).__name__ in SKIPPABLE_NODES:
+            head = tiling()
+            if head is not None and all(takes_tile_hint(n) for n in chain(head)):
+                return []
+        if previous is not None:
+            return previous(**kwargs)
+        inner = kwargs["inner_model"]       # what Forge calls without a wrapper:
+        if "x" not in kwargs:               # a T2I-Adapter, on its hint alone
+            return inner(kwargs["hint"].to(next(inner.parameters()).device))
+        return inner(x=kwargs["x"], hint=kwargs["hint"].to(getattr(node, "device", kwargs["hint"].device)),
+                     timesteps=kwargs["timesteps"], context=kwargs["context"], y=kwargs.get("y"))
+
+    wrapper.__tilesampler_patch__ = True  # type: ignore[attr-defined]
+    wrapper.__tilesampler_previous__ = previous  # type: ignore[attr-defined]
+    return wrapper
 
 
 def cut_residuals(control: Any, place: TilePlace, whole_hw: Sequence[int]) -> Any:
