@@ -290,6 +290,7 @@ class ControlParams:
         self.used_hint_cond = self.used_hint_cond_latent = self.used_hint_inpaint_hijack = None
         self.effective_region_mask = None
         self.cfg_injection = False
+        self.control_model = None
 
     @property
     def hint_cond(self):
@@ -299,6 +300,19 @@ class ControlParams:
     def hint_cond(self, value):
         self._hint_cond = value
         self.used_hint_cond = self.used_hint_cond_latent = self.used_hint_inpaint_hijack = None
+
+
+class Adapter:
+    """Stands for sd-webui-controlnet's ``PlugableAdapter``: computes its features on the
+    first call and keeps them (``control``) until reset."""
+
+    def __init__(self, net):
+        self.net, self.control = net, None
+
+    def __call__(self, hint, rows):
+        if self.control is None:
+            self.control = self.net.residual(hint, 1 if hint.shape[0] == 1 else rows)
+        return self.control
 
 
 def hooked_unet(params, nets):
@@ -312,7 +326,11 @@ def hooked_unet(params, nets):
                 h = x.shape[-2] * 8
                 near_first = abs(h - param.hint_cond.shape[2]) < abs(h - param.hr_hint_cond.shape[2])
                 param.used_hint_cond = param.hint_cond if near_first else param.hr_hint_cond
-            residual = residual + net.residual(param.used_hint_cond, x.shape[0])
+            if isinstance(param.control_model, Adapter):
+                out = param.control_model(param.used_hint_cond, x.shape[0])
+                residual = residual + out.expand(x.shape[0], *out.shape[1:])
+            else:
+                residual = residual + net.residual(param.used_hint_cond, x.shape[0])
         return nets[0].unet(x, t, residual)
     return forward
 
@@ -327,10 +345,11 @@ def test_a1111_tiles_get_their_hints_and_the_params_are_put_back(hires):
         params = [ControlParams("ControlNet", lo, hi) for lo, hi in zip(lowres, full)]
     else:
         params = [ControlParams("ControlNet", full[0]), ControlParams("T2I_Adapter", full[1])]
+        params[1].control_model = Adapter(nets[1])
     x, t, cond = torch.randn(ROWS, 4, *HW), row_t(), {"c_crossattn": [torch.randn(ROWS, 7, 32)]}
     unet = hooked_unet(params, nets)
     with torch.no_grad():
-        expected = unet(x, t, cond)
+        expected = unet(x, t, cond)                     # an adapter keeps the whole image's features
         before = [dict(vars(p)) for p in params]
         inputs = A1111TileInputs(lambda: params, True, (0, 0), lambda m: None)
 

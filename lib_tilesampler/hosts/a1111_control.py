@@ -12,7 +12,9 @@ call (``A1111TileInputs.call``), for every unit:
   ControlNet, T2I-Adapter) gets the pixels under the tiles as its hint
   (``hints.crop_pixels`` of the hint the whole latent would use), its region mask cut the
   same way; the setter clears the hook's per-hint caches (the VAE latent of the hint that
-  the inpaint and colour-fix preprocessors use), so they are made for the tile;
+  the inpaint and colour-fix preprocessors use), and a T2I-Adapter's features, which its
+  wrapper computes once and keeps (``PlugableAdapter.control``), are cleared too, so they
+  are made for the tile;
 * a unit without one (reference-only, Revision, IP-Adapter, the T2I style adapter) keeps
   its input; the hint the hook chooses stays the one of the whole latent, and a
   reference latent made for another number of rows is made again;
@@ -154,6 +156,9 @@ class A1111TileInputs:
     def _swapped(self, params: Sequence[Any], place: TilePlace, x: torch.Tensor) -> Iterator[None]:
         saved = [(param, {a: getattr(param, a) for a in PARAM_STATE if hasattr(param, a)})
                  for param in params]
+        models = [(m, m.control) for m in {id(getattr(p, "control_model", None)): getattr(p, "control_model", None)
+                                          for p in params if has_spatial_hint(p)}.values()
+                  if hasattr(m, "control")]                # T2I-Adapter features kept by the wrapper
         height_px = place.latent_hw[0] * LATENT_SCALE
         try:
             for param in params:
@@ -164,6 +169,8 @@ class A1111TileInputs:
                         continue
                     crop = crop_pixels(whole, place)
                     param.hint_cond = crop                     # the setter clears the hook's caches
+                    if hasattr(param.control_model, "control"):
+                        param.control_model.control = None     # the adapter runs on the tile's hint
                     param.hr_hint_cond = crop if hires else None
                     mask = getattr(param, "effective_region_mask", None)
                     if isinstance(mask, torch.Tensor):
@@ -181,6 +188,8 @@ class A1111TileInputs:
             for param, state in saved:
                 for name, value in state.items():
                     setattr(param, name, value)
+            for model, control in models:
+                model.control = control
 
     def _whole_hint(self, param: Any, hires: bool, place: TilePlace) -> torch.Tensor:
         """The hint the whole latent uses, at the latent's pixel size."""
