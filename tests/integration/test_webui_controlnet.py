@@ -153,3 +153,19 @@ def test_a_unit_that_cannot_be_tiled_is_named_and_runs_on_the_whole_image(host):
     text = answer.infotext
     assert "Tile Sampler note" in text and "ControlLLLite" in text, text
     assert "latent tile resample is off" in text, text
+
+
+def test_hires_pass_tiled_during_with_the_unit(host):
+    """txt2img 256 x 128 with a hires pass to 512 x 256, the hires sampling itself tiled
+    (fused, "during") and the resample after it: the unit's hires hint goes to the tiles."""
+    webui = host["webui"]
+    body = {"prompt": "a harbour town", "negative_prompt": "blurry", "steps": STEPS, "seed": 12,
+            "width": WIDTH // 2, "height": HEIGHT // 2, "sampler_name": "Euler", "cfg_scale": 1.5,
+            "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": STEPS,
+            "denoising_strength": 0.5, "hr_cfg": 1.5,
+            "alwayson_scripts": {TITLE: {"args": [dict(RESAMPLE, resample_mode="fused", resample_where="during")]},
+                                 "controlnet": {"args": [unit(host, host["cn"], hint(1))]}}}
+    answer = webui.call("/sdapi/v1/txt2img", body)
+    assert answer.status == 200, answer.body
+    assert "Tile Sampler note" not in answer.infotext, answer.infotext
+    assert answer.pixels().shape[:2] == (HEIGHT, WIDTH)
