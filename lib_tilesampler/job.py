@@ -48,6 +48,7 @@ class Job:
         self.script: Any = None             # the script's per-job state
         self.counts_nested = False          # also count the evaluations of jobs opened inside it
         self.closed = False
+        self.reporter: Optional[Callable[[str], None]] = None   # tells the user (UI, infotext)
         self.started = time.perf_counter()
         self.model: Optional[str] = None    # what the speed is measured for
         self._last_call: Optional[tuple[str, float]] = None
@@ -73,6 +74,13 @@ class Job:
             return False
         self.notes.append(message)
         return True
+
+    def say(self, message: str) -> None:
+        """Tell the user ``message`` once, through the script's reporter when it set one."""
+        if self.reporter is not None:
+            self.reporter(message)
+        elif self.note(message):
+            print(f"[Tile Sampler] {message}")
 
     def count(self, evaluations: int = 1, stage: Optional[str] = None,
               now: Optional[float] = None) -> None:

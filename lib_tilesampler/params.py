@@ -112,6 +112,7 @@ SAME = "same as main"
 RESAMPLE_MODES = ("independent", "fused", "moving")
 RESAMPLE_WHERE = ("after", "during")
 RESAMPLE_WEIGHTS = ("gaussian", "uniform")
+RESAMPLE_SIZE_COND = ("tile", "image")
 
 RESAMPLE_FIELDS: tuple[Field, ...] = (
     Field("resample", "Latent tile resample", "Resample", bool, False, group="resample",
@@ -158,6 +159,11 @@ RESAMPLE_FIELDS: tuple[Field, ...] = (
     Field("resample_seed", "Seed (-1 = image's)", "Resample seed", int, -1, -1,
           2 ** 32 - 1, 1, group="resample",
           info="-1 = each image's own seed; otherwise image i of the job gets this seed + i."),
+    Field("resample_size_cond", "SDXL size conditioning", "Resample SDXL size", str, "tile",
+          choices=RESAMPLE_SIZE_COND, group="resample",
+          info="SDXL only. tile: each tile is told its size and its place in the image (SDXL's "
+               "crop conditioning), as the crop of the image it is; image: every tile gets the "
+               "whole image's size and crop values."),
 )
 
 FIELDS: tuple[Field, ...] = (MASTER,) + HYPERTILE_FIELDS + RESAMPLE_FIELDS

@@ -34,6 +34,7 @@ RESAMPLE_LAYOUT = (
     ("resample_tile_size", "resample_overlap", "resample_batch"),
     ("resample_denoise", "resample_steps", "resample_cfg"),
     ("resample_sampler", "resample_scheduler", "resample_seed"),
+    ("resample_size_cond",),
 )
 GROUPS = (("hypertile", HYPERTILE_LAYOUT), ("resample", RESAMPLE_LAYOUT))
 
@@ -200,11 +201,10 @@ class TileSamplerScript(scripts.Script):
         job = JOBS.open(Job(values, key=host.job_key(), label="Tile Sampler"))
         job.model = host.model_key()
         job.script = PassState()
+        job.reporter = lambda message: report(p, message, job)
         host.end_with_generation(job)
         setattr(p, JOB_ATTR, job)
         p.extra_generation_params.update(P.to_infotext(values))
-        for message in self._other_extensions(p, values):
-            report(p, message, job)
 
     def _values(self, p: Any, args: tuple) -> dict:
         """The job's options; a problem turns off the group it concerns (all of them when
@@ -240,13 +240,21 @@ class TileSamplerScript(scripts.Script):
         return values
 
     @staticmethod
-    def _other_extensions(p: Any, values: dict) -> list[str]:
-        units = get_host().control_units(p) if P.group_enabled(values, "resample") else 0
-        if not units:
-            return []
-        return [f"{units} ControlNet unit(s) on: their hints are not cropped per tile yet, so "
-                "in the tiled resample each tile gets the whole image's hint (Forge drops it "
-                "where the sizes differ); turn the resample off for ControlNet jobs"]
+    def _units_follow_tiles(p: Any, job: Job) -> bool:
+        """Say which ControlNet units cannot follow the tiles; False (the resample turned
+        off for the job) when one of them needs the whole image."""
+        whole = []
+        for why, needs_whole in get_host().units_not_tiled(p):
+            if needs_whole:
+                whole.append(why)
+            else:
+                report(p, why, job)
+        if not whole:
+            return True
+        job.values["resample"] = False
+        report(p, f"{'; '.join(whole)}. It runs on the whole image: the latent tile resample "
+                  "is off for this job", job)
+        return False
 
     @staticmethod
     def _job(p: Any) -> Optional[Job]:
@@ -268,7 +276,8 @@ class TileSamplerScript(scripts.Script):
         try:
             if P.group_enabled(values, "hypertile"):
                 self._install_hypertile(p, job, hr)
-            if P.group_enabled(values, "resample") and sampler is not None:
+            if P.group_enabled(values, "resample") and sampler is not None \
+                    and self._units_follow_tiles(p, job):
                 self._prepare_resample(p, job, hr, kwargs.get("x"))
             self._measure(job, kwargs.get("x"))
             if sampler is not None:

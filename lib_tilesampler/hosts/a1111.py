@@ -10,7 +10,9 @@ HyperTile (Settings) is switched off for the job's models while ours runs.
 Tiled denoising: the CFG denoiser's inner model (k-diffusion ``CompVisDenoiser`` or the
 timestep denoiser, called as ``inner_model(x, sigma, cond=...)``) gets an instance
 ``forward`` wrapper; a refiner switch builds a new inner model, which is wrapped again at
-its first call (``follow_model``).
+its first call (``follow_model``). A call that needs the tiles' place (sd-webui-controlnet
+units, SDXL's size conditioning) carries a ``TilePlace`` through the tiler, and each tile
+call runs with the tiles' hints and sizes (``a1111_control``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from ..hypertile.install import install_on_modules
 from ..job import Job
 from ..module_patch import PatchSet
+from ..tiling.conditioning import TilePlace, pop_place, with_place
 from ..tiling.passes import Wrap
+from .a1111_control import A1111TileInputs, controlnet_params, units_not_tiled
 from .webui_common import JobHostState, WebUIFamilyHost
 
 BUILTIN_HYPERTILE_PARAMS = "__webui_hypertile_params"   # set by A1111's built-in HyperTile
@@ -38,6 +42,7 @@ class A1111JobState(JobHostState):
         self.vae = False
         self.hypertile: "weakref.WeakKeyDictionary[Any, PatchSet]" = weakref.WeakKeyDictionary()
         self.wrapped: "weakref.WeakKeyDictionary[Any, Callable[[Any], None]]" = weakref.WeakKeyDictionary()
+        self.inputs: Optional[A1111TileInputs] = None
 
 
 class A1111Host(WebUIFamilyHost):
@@ -95,12 +100,37 @@ class A1111Host(WebUIFamilyHost):
             if not _is_ours(inner_model):
                 wrap_inner(inner_model)
 
+    # ------------------------------------------------------- ControlNet, SDXL sizes
+    def tile_inputs(self, p: Any, job: Job) -> A1111TileInputs:
+        """The job's per-tile ControlNet and SDXL size inputs."""
+        state = self.state(job)
+        if state.inputs is None:
+            from modules import shared
+            opts = shared.opts
+            state.inputs = A1111TileInputs(
+                lambda: controlnet_params(p),
+                per_tile_size=job.values.get("resample_size_cond", "tile") == "tile",
+                crop_top_left=(getattr(opts, "sdxl_crop_top", 0) or 0, getattr(opts, "sdxl_crop_left", 0) or 0),
+                say=job.say)
+        return state.inputs
+
+    def needs_place(self, p: Any, job: Job) -> bool:
+        from modules import shared
+        if controlnet_params(p):
+            return True
+        return bool(getattr(shared.sd_model, "is_sdxl", False)) and \
+            job.values.get("resample_size_cond", "tile") == "tile"
+
+    def units_not_tiled(self, p: Any) -> list[tuple[str, bool]]:
+        return units_not_tiled(controlnet_params(p))
+
     # ------------------------------------------------------------ denoiser wrapping
     def wrap_sampling(self, p: Any, job: Job, sampler: Any,
                       wrap: Callable[[], Optional[Wrap]]) -> PatchSet:
         cfg_denoiser = sampler.model_wrap_cfg
         state = self.state(job)
         host_wrap = self.host_denoiser
+        inputs = self.tile_inputs(p, job)
 
         patches = job.track(PatchSet())
 
@@ -113,9 +143,17 @@ class A1111Host(WebUIFamilyHost):
                 x, t = args[0], args[1]
                 kwargs = dict(kwargs)
                 cond = kwargs.pop("cond") if "cond" in kwargs else (args[2] if len(args) > 2 else None)
+                if inputs.wanted(cond):
+                    cond = with_place(cond, TilePlace.whole(x.shape[-2:], x.shape[0]))
+
+                def run(x_: Any, t_: Any, cond_: Any) -> Any:
+                    return inner(x_, t_, cond=cond_, **kwargs)
 
                 def denoiser(x_: Any, t_: Any, cond_: Any) -> Any:
-                    return inner(x_, t_, cond=cond_, **kwargs)
+                    cond_, place = pop_place(cond_)
+                    if place is None or place.is_whole:
+                        return run(x_, t_, cond_)
+                    return inputs.call(run, x_, t_, cond_, place)
                 return host_wrap(current)(denoiser)(x, t, cond)
             patches.wrap_forward(inner_model, call)
 

@@ -83,8 +83,14 @@ class Host(Protocol):
         """Tilings of other extensions or settings active in the job, as
         ``(what, group of ours it clashes with)``."""
 
-    def control_units(self, p: Any) -> int:
-        """How many ControlNet units are on in the job."""
+    def units_not_tiled(self, p: Any) -> list[tuple[str, bool]]:
+        """``(why, needs the whole image)`` for each ControlNet unit of the job that cannot
+        be given its tile's hint; a unit that needs the whole image turns the resample off
+        for the job (the others run on the whole image and each tile gets its part)."""
+
+    def needs_place(self, p: Any, job: Job) -> bool:
+        """True when the job's tile calls need to know their tiles (ControlNet units,
+        SDXL's per-tile size conditioning)."""
 
     def parse_infotext(self, text: str) -> dict:
         """Infotext parsed by the host's own parser (``{key: text}``)."""

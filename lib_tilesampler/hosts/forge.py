@@ -10,7 +10,10 @@ first denoiser call (``follow_model``). The VAE has no patcher hook, so its mid 
 gets instance wrappers, restored when the job closes.
 
 Tiled denoising: the same clone-and-assign with ``set_model_unet_function_wrapper``,
-chaining to a wrapper another extension (or Forge's MultiDiffusion) already set.
+chaining to a wrapper another extension (or Forge's MultiDiffusion) already set. A call
+that needs the tiles' place (ControlNet units, SDXL's size conditioning) carries a
+``TilePlace`` through the tiler, and each tile call gets its ControlNet residuals and
+``transformer_options`` from ``forge_control``.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from ..hypertile.geometry import HyperTileConfig, HyperTilePlanner
 from ..hypertile.install import install_on_modules, make_attn1_patches
 from ..job import Job
 from ..module_patch import PatchSet
+from ..tiling.conditioning import TilePlace, pop_place, with_place
 from ..tiling.passes import Wrap
+from .forge_control import ForgeTileInputs, skipping_controlnet_wrapper, tile_options, units_not_tiled
 from .webui_common import JobHostState, WebUIFamilyHost
 
 _PATCH_KEYS = ("attn1_patch", "attn1_output_patch")
@@ -43,20 +48,29 @@ def has_our_patches(model_options: dict) -> bool:
     return any(_ours(fn) for key in _PATCH_KEYS for fn in patches.get(key, []))
 
 
-def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Callable[[], Optional[Wrap]]
+def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Callable[[], Optional[Wrap]],
+                             inputs: Optional[Callable[[], Optional[ForgeTileInputs]]] = None
                              ) -> Callable[..., Any]:
     """A ``model_function_wrapper(apply_model, args)`` that tiles through ``wrap()`` (looked
     up at call time; None = untiled) and runs each tile through ``previous`` (another
     extension's wrapper) when there is one. A previous wrapper of ours is replaced, not
-    stacked."""
+    stacked. ``inputs()`` (the job's ``ForgeTileInputs``, or None) makes each tile call's
+    ControlNet residuals, ``transformer_options`` and SDXL ``y``."""
     while _ours(previous):
         previous = getattr(previous, "__tilesampler_previous__", None)
 
-    def call(apply_model: Callable[..., Any], args: dict, x: Any, t: Any, c: Any) -> Any:
+    def call(apply_model: Callable[..., Any], args: dict, x: Any, t: Any, c: Any,
+             tile_inputs: Optional[ForgeTileInputs], whole_control: Any) -> Any:
+        c, place = pop_place(c)
         rows = args["input"].shape[0]
         tiles = x.shape[0] // rows
-        if tiles > 1:  # k tiles stacked tile-major: each chunk list repeats k times
-            c = _repeat_chunk_lists(c, tiles)
+        if place is not None and tile_inputs is not None:
+            # the whole latent too (a tile as large as it): its residuals may have been skipped
+            c = tile_inputs.for_tiles(args["c"], x, t, c, place, whole_control,
+                                      tuple(args["input"].shape[-2:]))
+        else:
+            if tiles > 1:  # k tiles stacked tile-major: each chunk list repeats k times
+                c = dict(c, transformer_options=tile_options(args["c"].get("transformer_options"), tiles))
         if previous is None:
             return apply_model(x, t, **c)
         extra = {k: v for k, v in args.items() if k not in ("input", "timestep", "c")}
@@ -66,26 +80,22 @@ def chained_function_wrapper(previous: Optional[Callable[..., Any]], wrap: Calla
 
     def wrapper(apply_model: Callable[..., Any], args: dict) -> Any:
         current = wrap()
+        c, whole_control = args["c"], None
+        tile_inputs = inputs() if inputs is not None and current is not None else None
+        if tile_inputs is not None and isinstance(c, dict) and tile_inputs.wanted(c):
+            whole_control = c.get("control")
+            c = with_place({k: v for k, v in c.items() if k != "control"},
+                           TilePlace.whole(args["input"].shape[-2:], args["input"].shape[0]))
 
-        def denoiser(x: Any, t: Any, c: Any) -> Any:
-            return call(apply_model, args, x, t, c)
+        def denoiser(x: Any, t: Any, c_: Any) -> Any:
+            return call(apply_model, args, x, t, c_, tile_inputs, whole_control)
         if current is None:
-            return denoiser(args["input"], args["timestep"], args["c"])
-        return current(denoiser)(args["input"], args["timestep"], args["c"])
+            return denoiser(args["input"], args["timestep"], c)
+        return current(denoiser)(args["input"], args["timestep"], c)
 
     wrapper.__tilesampler_patch__ = True  # type: ignore[attr-defined]
     wrapper.__tilesampler_previous__ = previous  # type: ignore[attr-defined]
     return wrapper
-
-
-def _repeat_chunk_lists(c: dict, tiles: int) -> dict:
-    """Forge describes a U-Net call's rows by chunks (``cond_or_uncond``: one entry per
-    chunk of batch-size rows); ``tiles`` stacked tiles repeat that layout."""
-    options = c.get("transformer_options")
-    if not isinstance(options, dict) or not isinstance(options.get("cond_or_uncond"), list):
-        return c
-    options = dict(options, cond_or_uncond=options["cond_or_uncond"] * tiles)
-    return dict(c, transformer_options=options)
 
 
 class ForgeJobState(JobHostState):
@@ -94,6 +104,7 @@ class ForgeJobState(JobHostState):
         self.planner: Optional[HyperTilePlanner] = None
         self.vae_patches: Optional[PatchSet] = None
         self.wrap: Optional[Callable[[], Optional[Wrap]]] = None   # the pass's tiling
+        self.inputs: Optional[ForgeTileInputs] = None             # per-tile ControlNet, SDXL size
 
 
 class ForgeHost(WebUIFamilyHost):
@@ -124,11 +135,44 @@ class ForgeHost(WebUIFamilyHost):
         return unet
 
     @staticmethod
-    def _with_wrapper(unet: Any, wrap: Callable[[], Optional[Wrap]]) -> Any:
+    def _with_wrapper(unet: Any, wrap: Callable[[], Optional[Wrap]], state: "ForgeJobState",
+                      head: Callable[[], Any] = lambda: None) -> Any:
+        """``unet`` cloned with the tiling wrapper, and the ControlNet wrapper that skips the
+        whole latent's residuals of a call about to be tiled (``head()``: the ControlNet
+        chain the U-Net samples with now)."""
         unet = unet.clone()
         unet.set_model_unet_function_wrapper(
-            chained_function_wrapper(unet.model_options.get("model_function_wrapper"), wrap))
+            chained_function_wrapper(unet.model_options.get("model_function_wrapper"), wrap,
+                                     lambda: state.inputs))
+        previous = unet.model_options.get("transformer_options", {}).get("controlnet_model_function_wrapper")
+        unet.set_controlnet_model_function_wrapper(
+            skipping_controlnet_wrapper(previous, lambda: head() if wrap() is not None else None))
         return unet
+
+    def tile_inputs(self, p: Any, job: Job) -> ForgeTileInputs:
+        """The job's per-tile ControlNet and SDXL size inputs (one per job: it caches the
+        hints brought to the latent's size)."""
+        state = self.state(job)
+        if state.inputs is None:
+            from modules import shared
+            opts = shared.opts
+            state.inputs = ForgeTileInputs(
+                per_tile_size=job.values.get("resample_size_cond", "tile") == "tile",
+                crop_top_left=(getattr(opts, "sdxl_crop_top", 0) or 0, getattr(opts, "sdxl_crop_left", 0) or 0),
+                say=job.say)
+        return state.inputs
+
+    def needs_place(self, p: Any, job: Job) -> bool:
+        """True when tile calls need to know their tiles: a ControlNet unit is on the
+        U-Net, or the model is SDXL with per-tile size conditioning."""
+        unet = p.sd_model.forge_objects.unet
+        if getattr(unet, "controlnet_linked_list", None) is not None:
+            return True
+        return bool(getattr(p.sd_model, "is_sdxl", False)) and \
+            job.values.get("resample_size_cond", "tile") == "tile"
+
+    def units_not_tiled(self, p: Any) -> list[tuple[str, bool]]:
+        return units_not_tiled(p)
 
     def follow_model(self, job: Job, params: Any) -> None:
         """After a refiner switch the denoiser samples with the refiner's fresh
@@ -143,7 +187,8 @@ class ForgeHost(WebUIFamilyHost):
         if state.planner is not None and not has_our_patches(options):
             changed = self._with_hypertile(changed, state.planner)
         if state.wrap is not None and not _ours(options.get("model_function_wrapper")):
-            changed = self._with_wrapper(changed, state.wrap)
+            changed = self._with_wrapper(changed, state.wrap, state,
+                                         lambda: getattr(objects.unet, "controlnet_linked_list", None))
         if changed is not unet:
             objects.unet = changed
 
@@ -165,7 +210,9 @@ class ForgeHost(WebUIFamilyHost):
             w = wrap()
             return None if w is None else host_wrap(w)
         state.wrap = current
-        unet = self._with_wrapper(original, current)
+        self.tile_inputs(p, job)
+        unet = self._with_wrapper(original, current, state,
+                                  lambda: getattr(p.sd_model.forge_objects.unet, "controlnet_linked_list", None))
         objects.unet = unet
 
         def undo() -> None:

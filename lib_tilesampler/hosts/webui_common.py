@@ -7,6 +7,7 @@ installed and how they follow a model switched to in the middle of a job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -18,21 +19,21 @@ from ..params import SAME, ParamError, group_enabled
 from ..tiling.conditioning import crop_cond, stack_tiles
 from ..tiling.denoisers import Denoiser, TileInterrupted
 from ..tiling.independent import steps_to_run
-from ..tiling.passes import (TilePlan, Wrap, derive_seed, img2img_steps, run_resample,
-                             sampler_runs, tile_seeds)
+from ..tiling.passes import (TilePlan, Wrap, derive_seed, img2img_steps, place_within,
+                             run_resample, sampler_runs, tile_seeds)
 from ..tiling.plan import Tile
 from .api_routes import RequestChecks, add_api_route, request_checks
 from .base import After
 from .webui_tools import ToolsHost
 
 STATE_TEXT = "Tile Sampler"
+NOTE_KEY = "Tile Sampler note"
 RESAMPLE_STAGE = "resample"
 NOISE_PURPOSE, SDE_PURPOSE, TILE_NOISE_PURPOSE = 1, 2, 3
 
 # Tilings of other extensions that stack with ours: (script title, what to call it).
 OTHER_LATENT_TILERS = (("Tiled Diffusion", "Tiled Diffusion"),
                        ("MultiDiffusion Integrated", "Forge's MultiDiffusion"))
-CONTROLNET_TITLES = ("controlnet", "controlnet integrated")
 
 
 class RowSeedsRNG:
@@ -87,12 +88,6 @@ def _script_args(p: Any, titles: Sequence[str]) -> Iterator[tuple[str, list]]:
             continue
         if isinstance(title, str) and title.lower() in wanted:
             yield title, args[script.args_from:script.args_to]
-
-
-def _is_on(unit: Any) -> bool:
-    if isinstance(unit, Mapping):
-        return bool(unit.get("enabled", False))
-    return bool(getattr(unit, "enabled", False))
 
 
 class JobHostState:
@@ -328,8 +323,15 @@ class WebUIFamilyHost(ToolsHost):
                         found.append((label, "resample"))
         return found
 
-    def control_units(self, p: Any) -> int:
-        return sum(1 for _, args in _script_args(p, CONTROLNET_TITLES) for unit in args if _is_on(unit))
+    def units_not_tiled(self, p: Any) -> list[tuple[str, bool]]:
+        """``(why, needs the whole image)`` for each ControlNet unit of the job that cannot
+        follow the tiles; the ones that need the whole image turn the resample off."""
+        return []
+
+    def needs_place(self, p: Any, job: Job) -> bool:
+        """True when the job's tile calls need to know their tiles (ControlNet units,
+        SDXL's per-tile size conditioning)."""
+        return False
 
     def sampler_takes_sigmas(self, sampler_name: str) -> bool:
         """True unless ``sampler_name`` is one of the host's timestep samplers (DDIM, PLMS,
@@ -484,6 +486,13 @@ class WebUIFamilyHost(ToolsHost):
         from modules import sd_samplers
 
         sampler_name, scheduler, cfg = self._pass_settings(p, values)
+        places = self.needs_place(p, job)
+        if places and plan.mode == "independent" and plan.batch > 1:
+            # a tile's hint and sizes go with all the rows of a sampler run: one tile per run
+            more_runs = sampler_runs(dataclasses.replace(plan, batch=1), *samples.shape[-2:]) \
+                - sampler_runs(plan, *samples.shape[-2:])
+            plan = dataclasses.replace(plan, batch=1)
+            self.add_progress_jobs(more_runs)
         extra = getattr(sampler, "sampler_extra_args", None) or {}
         c, uc, image_cond = extra.get("cond"), extra.get("uncond"), extra.get("image_cond")
         rows = samples.shape[0]
@@ -527,8 +536,9 @@ class WebUIFamilyHost(ToolsHost):
                     masks[attr] = stack_tiles(full, tiles)
             tile_cond = crop_cond(image_cond, tiles, latent_hw, rows) if image_cond is not None else None
             k = len(tiles)
+            wrap = place_within(tiles[0], latent_hw) if places and k == 1 else None
             return run_sampler(latents, noises, tile_seeds(seeds[:rows], tiles, latent_hw, TILE_NOISE_PURPOSE),
-                               _repeat_conds(c, k), _repeat_conds(uc, k), tile_cond, None, **masks)
+                               _repeat_conds(c, k), _repeat_conds(uc, k), tile_cond, wrap, **masks)
 
         previous_stage, job.stage = job.stage, RESAMPLE_STAGE
         if plan.mode != "moving":
@@ -545,8 +555,11 @@ class WebUIFamilyHost(ToolsHost):
             job.stage = previous_stage
             job.tiles = None
             self.show_progress(job)
+            note = p.extra_generation_params.get(NOTE_KEY)
             p.extra_generation_params.clear()
             p.extra_generation_params.update(saved_infotext)
+            if note:                                   # what the pass had to say stays
+                p.extra_generation_params[NOTE_KEY] = note
             for _ in range(planned_runs - runs[0]):   # runs skipped: keep the bar's total true
                 self.next_progress_job()
         return out

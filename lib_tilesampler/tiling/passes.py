@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
+from .conditioning import pop_place, with_place
 from .independent import is_identity, resample_independent, steps_to_run
 from .denoisers import (Denoiser, OnTile, ShouldStop, check_stop, fused_denoiser,
                         moving_seam_denoiser)
@@ -78,6 +79,20 @@ def make_wrap(plan: TilePlan, on_tile: Optional[OnTile] = None,
         return lambda d: moving_seam_denoiser(d, plan.tile, plan.tile, plan.salt, plan.wrap,
                                               plan.batch, on_tile, should_stop)
     raise ValueError(f"mode {plan.mode!r} does not wrap the denoiser")
+
+
+def place_within(tile: Tile, latent_hw: Sequence[int]) -> Wrap:
+    """The wrapper of a sampler run over one tile sampled as a whole latent (independent
+    mode): the place each call carries (see ``conditioning.TilePlace``) is moved into
+    ``tile`` of the ``latent_hw`` latent, so the host crops hints and sizes for the tile."""
+    def wrap(denoiser: Denoiser) -> Denoiser:
+        def call(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+            cond, place = pop_place(cond)
+            if place is not None:
+                cond = with_place(cond, place.within(tile, latent_hw))
+            return denoiser(x, t, cond)
+        return call
+    return wrap
 
 
 def seeded_noise(shape: Sequence[int], seeds: Sequence[int], dtype: torch.dtype,
