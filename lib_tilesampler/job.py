@@ -44,6 +44,7 @@ class Job:
         self.stages: dict[str, StageCount] = {}
         self.stage = "main"
         self.tiles: Optional[tuple[int, int]] = None   # (done, total) of a tiled stage
+        self.tiles_label: Optional[str] = None        # its name in the progress text
         self.host: Any = None               # the host adapter's per-job state
         self.script: Any = None             # the script's per-job state
         self.counts_nested = False          # also count the evaluations of jobs opened inside it

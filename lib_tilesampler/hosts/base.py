@@ -116,7 +116,7 @@ class Host(Protocol):
     def model_key(self) -> Optional[str]:
         """The loaded model, as the speed measurements are kept (its short hash)."""
 
-    def show_tiles(self, done: int, total: int) -> None: ...
+    def show_tiles(self, done: int, total: int, label: Optional[str] = None) -> None: ...
 
     def show_progress(self, job: Job) -> None:
         """Refresh the progress text of ``job``'s tiled stage (cleared outside one)."""

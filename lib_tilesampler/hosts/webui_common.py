@@ -378,12 +378,14 @@ class WebUIFamilyHost(ToolsHost):
         from modules import shared
         return bool(shared.state.interrupted or shared.state.skipped)
 
-    def show_tiles(self, done: int, total: int) -> None:
+    def show_tiles(self, done: int, total: int, label: Optional[str] = None) -> None:
         """``done`` of the stage's ``total`` tiles are done (``done < total``: the next
-        ones are being sampled): the progress text says so until the stage ends."""
+        ones are being sampled): the progress text says so until the stage ends. ``label``
+        names the stage in the text (default: ours and the stage's name)."""
         job = self.current_job()
         if job is not None:
             job.tiles = (done, total)
+            job.tiles_label = label
             self.show_progress(job)
 
     @staticmethod
@@ -401,7 +403,8 @@ class WebUIFamilyHost(ToolsHost):
         step = ""
         if getattr(state, "sampling_steps", 0):
             step = f", step {min(state.sampling_step + 1, state.sampling_steps)}/{state.sampling_steps}"
-        state.textinfo = f"{STATE_TEXT} {job.stage}: tile {min(done + 1, total)}/{total}{step}"
+        label = getattr(job, "tiles_label", None) or f"{STATE_TEXT} {job.stage}"
+        state.textinfo = f"{label}: tile {min(done + 1, total)}/{total}{step}"
 
     @staticmethod
     def model_key() -> Optional[str]:
@@ -412,11 +415,6 @@ class WebUIFamilyHost(ToolsHost):
         if info is None:
             return getattr(shared.opts, "sd_model_checkpoint", None) or None
         return getattr(info, "shorthash", None) or getattr(info, "title", None) or None
-
-    @staticmethod
-    def show_tiles(done: int, total: int, label: str = STATE_TEXT) -> None:
-        from modules import shared
-        shared.state.textinfo = f"{label}: tile {done}/{total}"
 
     @staticmethod
     def show_stage(text: str) -> None:
@@ -478,7 +476,7 @@ class WebUIFamilyHost(ToolsHost):
     # ---------------------------------------------------------------- the after pass
     def resample_after(self, p: Any, job: Job, samples: torch.Tensor, sampler: Any,
                        plan: TilePlan, values: Mapping[str, Any],
-                       seeds: Sequence[int], label: str = STATE_TEXT) -> torch.Tensor:
+                       seeds: Sequence[int], label: Optional[str] = None) -> torch.Tensor:
         """Run the resample pass over ``samples``, the latent ``sampler`` returned, with
         the conditioning the sampler holds now (after a refiner switch, the refiner's) and
         the model loaded now. An interrupt leaves ``samples`` as they were. Exactly the
@@ -542,7 +540,7 @@ class WebUIFamilyHost(ToolsHost):
 
         previous_stage, job.stage = job.stage, RESAMPLE_STAGE
         if plan.mode != "moving":
-            self.show_tiles(0, len(plan.tiles(*latent_hw)))
+            self.show_tiles(0, len(plan.tiles(*latent_hw)), label)
         try:
             out = run_resample(samples, plan, seeds, sample_whole, sample_tiles,
                                on_tile=lambda done, total: self.show_tiles(done, total, label),
