@@ -26,7 +26,7 @@ TOOL = Field("tool", "Tool", "Tile Sampler tool", str, "refine_upscale", choices
                   "grid: one variation per cell of a grid.")
 
 REFINE_UPSCALE_FIELDS: tuple[Field, ...] = (
-    Field("img2img_refine", "Refine the input first", "RU refine input", bool, False,
+    Field("img2img_refine", "Refine input first", "RU refine input", bool, False,
           group="refine_upscale",
           info="img2img: run the base and refiner stages on the input (at the main denoise) "
                "before the upscale; off: the input is upscaled as it is."),
@@ -55,9 +55,9 @@ REFINE_UPSCALE_FIELDS: tuple[Field, ...] = (
           group="refine_upscale"),
     Field("refiner_scheduler", "Refiner schedule type", "RU refiner scheduler", str, "Exponential",
           group="refine_upscale"),
-    Field("upscaler", "Upscaler", "RU upscaler", str, NO_UPSCALER, group="refine_upscale",
+    Field("upscaler", "Upscale with", "RU upscaler", str, NO_UPSCALER, group="refine_upscale",
           info="An upscaler of the WebUI (ESRGAN and the like, Lanczos), or None."),
-    Field("upscale_by", "Upscale by", "RU upscale by", float, 1.0, UPSCALE_BY_MIN, UPSCALE_BY_MAX,
+    Field("upscale_by", "Upscale factor", "RU upscale by", float, 1.0, UPSCALE_BY_MIN, UPSCALE_BY_MAX,
           0.05, group="refine_upscale", info="Sides are floored to a multiple of 8."),
     Field("tiler_denoise", "Tiler denoise", "RU tiler denoise", float, 0.25, 0.0, 1.0, 0.01,
           group="refine_upscale", info="0 returns the upscaled image as it is."),
@@ -89,12 +89,12 @@ REFINE_UPSCALE_FIELDS: tuple[Field, ...] = (
 MASK_GRID_FIELDS: tuple[Field, ...] = (
     Field("mask", "Cell mask", "MG mask", str, "", group="mask_grid",
           info="White = regenerate; repeated over every cell (an image, or base64 PNG in the API)."),
-    Field("use_inpaint_mask", "Use the inpaint mask", "MG inpaint mask", bool, False,
+    Field("use_inpaint_mask", "Use inpaint mask", "MG inpaint mask", bool, False,
           group="mask_grid", info="img2img Inpaint / Inpaint upload: the cell mask is the "
                                   "inpaint mask instead of the upload."),
-    Field("rows", "Rows", "MG rows", int, 1, 1, MAX_CELLS_PER_AXIS, 1, group="mask_grid"),
-    Field("columns", "Columns", "MG columns", int, 3, 1, MAX_CELLS_PER_AXIS, 1, group="mask_grid"),
-    Field("mode", "Mode", "MG mode", str, MODES[0], choices=MODES, group="mask_grid",
+    Field("rows", "Grid rows", "MG rows", int, 1, 1, MAX_CELLS_PER_AXIS, 1, group="mask_grid"),
+    Field("columns", "Grid columns", "MG columns", int, 3, 1, MAX_CELLS_PER_AXIS, 1, group="mask_grid"),
+    Field("mode", "Grid mode", "MG mode", str, MODES[0], choices=MODES, group="mask_grid",
           info="Sample then Fork: one sampling, one output per cell. Fork then Sample: every "
                "cell sampled on its own (batched)."),
     Field("add_noise", "Add noise", "MG add noise", bool, True, group="mask_grid",
@@ -103,11 +103,11 @@ MASK_GRID_FIELDS: tuple[Field, ...] = (
           info="-1: where the main denoise starts (as the WebUI's img2img)."),
     Field("end_step", "End at step", "MG end step", int, -1, -1, 150, 1, group="mask_grid",
           info="-1: the last step; before it, the sampling stops there."),
-    Field("leftover_noise", "Return with leftover noise", "MG leftover noise", bool, False,
+    Field("leftover_noise", "Leftover noise", "MG leftover noise", bool, False,
           group="mask_grid", info="With an end step before the last: keep that step's noise; "
                                   "decoded, the regenerated area stays grainy. Off: the last "
                                   "step goes to a clean image."),
-    Field("seed_per_cell", "A different seed per cell", "MG seed per cell", bool, False,
+    Field("seed_per_cell", "Seed per cell", "MG seed per cell", bool, False,
           group="mask_grid", info="Fork then Sample: cell i gets seed + i (off: one seed for "
                                   "all). Sample then Fork samples once, with the job's seed."),
     Field("feather", "Feather (px)", "MG feather", int, 0, 0, 256, 1, group="mask_grid",
