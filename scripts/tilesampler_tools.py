@@ -19,14 +19,13 @@ REFINE_UPSCALE_LAYOUT = (
     ("img2img_refine",),
     ("base_steps", "base_stop", "base_cfg"),
     ("base_sampler", "base_scheduler"),
-    ("refiner",),
+    ("refiner", "refiner_sampler", "refiner_scheduler"),
     ("refiner_steps", "refiner_start", "refiner_cfg"),
-    ("refiner_sampler", "refiner_scheduler"),
     ("upscaler", "upscale_by"),
     ("tiler_denoise", "tiler_model", "tiler_mode"),
     ("tiler_tile_size", "tiler_overlap", "tiler_batch"),
-    ("tiler_steps", "tiler_cfg", "tiler_sampler", "tiler_scheduler"),
-    ("tiled_only",),
+    ("tiler_steps", "tiler_cfg", "tiled_only"),
+    ("tiler_sampler", "tiler_scheduler"),
 )
 MASK_GRID_LAYOUT = (
     ("mask",),

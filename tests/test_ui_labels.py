@@ -64,6 +64,10 @@ RELEASED_ACCORDION_LABELS = {
 }
 RELEASED_TOOL_LABELS = {
     "img2img_refine": ("Refine the input first",),
+    "base_steps": ("Base steps (0 = main)",),
+    "base_cfg": ("Base CFG (0 = main)",),
+    "refiner_steps": ("Refiner steps (0 = main)",),
+    "refiner_cfg": ("Refiner CFG (0 = main)",),
     "tiler_steps": ("Tiler steps (0 = base)", "Tiler steps (0 = main)"),
     "tiler_cfg": ("Tiler CFG (0 = base)", "Tiler CFG (0 = main)"),
     "upscaler": ("Upscaler",),
