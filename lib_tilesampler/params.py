@@ -154,7 +154,7 @@ RESAMPLE_FIELDS: tuple[Field, ...] = (
           group="resample", info="CFG scale of the pass; 0 = the main pass's CFG."),
     Field("resample_sampler", "Sampler", "Resample sampler", str, SAME, group="resample",
           info="A sampler of the WebUI, or 'same as main'."),
-    Field("resample_scheduler", "Schedule type", "Resample scheduler", str, SAME, group="resample",
+    Field("resample_scheduler", "Schedule", "Resample scheduler", str, SAME, group="resample",
           info="A schedule type of the WebUI, or 'same as main'."),
     Field("resample_seed", "Seed (-1 = image's)", "Resample seed", int, -1, -1,
           2 ** 32 - 1, 1, group="resample",

@@ -19,14 +19,13 @@ REFINE_UPSCALE_LAYOUT = (
     ("img2img_refine",),
     ("base_steps", "base_stop", "base_cfg"),
     ("base_sampler", "base_scheduler"),
-    ("refiner",),
+    ("refiner", "refiner_sampler", "refiner_scheduler"),
     ("refiner_steps", "refiner_start", "refiner_cfg"),
-    ("refiner_sampler", "refiner_scheduler"),
     ("upscaler", "upscale_by"),
     ("tiler_denoise", "tiler_model", "tiler_mode"),
     ("tiler_tile_size", "tiler_overlap", "tiler_batch"),
-    ("tiler_steps", "tiler_cfg", "tiler_sampler", "tiler_scheduler"),
-    ("tiled_only",),
+    ("tiler_steps", "tiler_cfg", "tiled_only"),
+    ("tiler_sampler", "tiler_scheduler"),
 )
 MASK_GRID_LAYOUT = (
     ("mask",),
@@ -39,19 +38,20 @@ MASK_GRID_LAYOUT = (
 
 
 def _control(field: P.Field, elem_id: str, choices: Any = None) -> Any:
-    info = field.info or None
+    """The gradio control of one option; its details are the host's hover tooltip (as in
+    the accordion), so the Script tab stays as compact as the host's own scripts."""
+    tooltip = field.info or None
     if field.key == "mask":
         return gr.Image(label=field.label, type="pil", image_mode="RGBA", source="upload",
-                        elem_id=elem_id)
+                        elem_id=elem_id, tooltip=tooltip, height=256)
+    common = dict(label=field.label, value=field.default, elem_id=elem_id, tooltip=tooltip)
     if field.kind is bool:
-        return gr.Checkbox(label=field.label, value=field.default, elem_id=elem_id, info=info)
+        return gr.Checkbox(**common)
     if field.choices or choices is not None:
-        return gr.Dropdown(label=field.label, choices=list(choices or field.choices),
-                           value=field.default, elem_id=elem_id, info=info)
+        return gr.Dropdown(choices=list(choices or field.choices), **common)
     if field.kind is str:
-        return gr.Textbox(label=field.label, value=field.default, elem_id=elem_id, info=info)
-    return gr.Slider(label=field.label, minimum=field.minimum, maximum=field.maximum,
-                     step=field.step, value=field.default, elem_id=elem_id, info=info)
+        return gr.Textbox(**common)
+    return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=field.step, **common)
 
 
 def _paste_value(field: P.Field) -> Any:
@@ -82,7 +82,8 @@ class TileSamplerTools(scripts.Script):
                    "upscaler": host.upscaler_names()}
         made: dict[str, Any] = {}
         made["tool"] = gr.Radio(label=O.TOOL.label, choices=list(O.TOOL_LABELS.values()),
-                                value=O.TOOL_LABELS[O.TOOL.default], elem_id=self.elem_id("tool"))
+                                value=O.TOOL_LABELS[O.TOOL.default], elem_id=self.elem_id("tool"),
+                                tooltip=O.TOOL.info or None)
         groups = {}
         for tool, layout in (("refine_upscale", REFINE_UPSCALE_LAYOUT), ("mask_grid", MASK_GRID_LAYOUT)):
             with gr.Group(visible=tool == O.TOOL.default, elem_id=self.elem_id(f"{tool}_group")) as group:

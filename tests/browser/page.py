@@ -18,6 +18,11 @@ READ_JS = """(id) => {
     if (header) return {kind: "accordion", value: header.checked};
     const el = root.getElementById(id);
     if (!el) return null;
+    const radios = el.querySelectorAll("input[type=radio]");
+    if (radios.length) {
+        const on = el.querySelector("input[type=radio]:checked");
+        return {kind: "radio", value: on ? on.value : null};
+    }
     const box = el.querySelector("input[type=checkbox]");
     if (box) return {kind: "checkbox", value: box.checked};
     const range = el.querySelector("input[type=range]");
@@ -106,6 +111,38 @@ class Page:
             self.set_dropdown(elem_id, value)
         else:
             self.set_number(elem_id, value)
+
+    # ------------------------------------------------------------------ Script tab
+    @staticmethod
+    def tools_id(tab: str, key: str) -> str:
+        return f"script_{tab}_tile_sampler_tools_{key}"
+
+    def select_script(self, tab: str, title: str) -> None:
+        """Pick ``title`` in the tab's Script dropdown (its id is the same on both tabs)."""
+        box = self.page.locator(f"#{tab}_script_container #script_list input").first
+        box.scroll_into_view_if_needed()
+        box.click()
+        self.page.locator(f'#{tab}_script_container #script_list li[aria-label="{title}"]').first.click()
+        time.sleep(1)
+
+    def script_shown(self, tab: str) -> Optional[str]:
+        return self.page.locator(f"#{tab}_script_container #script_list input").first.input_value()
+
+    def set_radio(self, elem_id: str, value: str) -> None:
+        radio = self.page.locator(f'#{elem_id} input[type=radio][value="{value}"]').first
+        radio.scroll_into_view_if_needed()
+        radio.check()
+        time.sleep(0.7)
+
+    def visible(self, elem_id: str) -> bool:
+        return self.page.locator(f"#{elem_id}").first.is_visible()
+
+    def upload(self, elem_id: str, path: str) -> None:
+        self.page.locator(f"#{elem_id} input[type=file]").first.set_input_files(path)
+        time.sleep(1.5)
+
+    def gallery(self, tab: str) -> list[str]:
+        return self.page.eval_on_selector_all(f"#{tab}_gallery img", "els => els.map(e => e.src)")
 
     # ------------------------------------------------------------------ preview
     def shown_plan(self, tab: str) -> Optional[dict]:

@@ -244,7 +244,7 @@ def test_named_and_positional_args_give_the_same_images(webui):
             "refiner_sampler", "refiner_scheduler", "upscaler", "upscale_by", "tiler_denoise",
             "tiler_model", "tiler_mode", "tiler_tile_size", "tiler_overlap", "tiler_batch",
             "tiler_steps", "tiler_cfg", "tiler_sampler", "tiler_scheduler", "tiled_only"]
-    assert labels[0] == "Tool" and labels[1] == "Refine the input first"
+    assert labels[0] == "Tool" and labels[1] == "Refine input first"
     positional = defaults[:]
     for i, key in enumerate(keys):
         if key in named:
