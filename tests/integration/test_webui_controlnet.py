@@ -163,6 +163,7 @@ def test_hires_pass_tiled_during_with_the_unit(host):
             "width": WIDTH // 2, "height": HEIGHT // 2, "sampler_name": "Euler", "cfg_scale": 1.5,
             "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": STEPS,
             "denoising_strength": 0.5, "hr_cfg": 1.5,
+            "hr_additional_modules": ["Use same choices"],  # Forge 2 needs it (A1111 ignores it)
             "alwayson_scripts": {TITLE: {"args": [dict(RESAMPLE, resample_mode="fused", resample_where="during")]},
                                  "controlnet": {"args": [unit(host, host["cn"], hint(1))]}}}
     answer = webui.call("/sdapi/v1/txt2img", body)
