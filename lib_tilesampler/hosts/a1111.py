@@ -84,8 +84,8 @@ class A1111Host(WebUIFamilyHost):
                     patches.add_undo(lambda params=params: setattr(params, "enabled", True))
                     muted += 1
         if muted:
-            job.note("A1111's built-in HyperTile (Settings) is on too: Tile Sampler's HyperTile "
-                     "runs instead of it in this job")
+            job.say("A1111's built-in HyperTile (Settings) is on too: Tile Sampler's HyperTile "
+                    "runs instead of it in this job")
 
     def model_loaded(self, job: Job, sd_model: Any) -> None:
         self._patch_model(job, sd_model)
