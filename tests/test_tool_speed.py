@@ -13,7 +13,7 @@ from lib_tilesampler.hosts.mask_grid_run import VARIATIONS_STAGE, VariationJob
 from lib_tilesampler.hosts.refine_upscale_run import _Run
 from lib_tilesampler.hosts.webui_common import RESAMPLE_STAGE
 from lib_tilesampler.job import Job
-from lib_tilesampler.preview import stage_work_per_evaluation, tiling_of
+from lib_tilesampler.preview import plan_job as plan_request
 from lib_tilesampler.speed import SpeedBook
 from lib_tilesampler.tools.mask_grid import cell_geometry
 from lib_tilesampler.tools.mask_grid_job import (FORK_THEN_SAMPLE, SAMPLE_THEN_FORK, CellMask,
@@ -183,9 +183,14 @@ def test_the_tiled_re_denoise_records_the_work_of_its_tiles_as_the_plan_counts_i
     p2.sample(None, None, [1], [2], 0, ["a"])
     stage = job.stages[RESAMPLE_STAGE]
     assert stage.work_per_evaluation > 0 and stage.model == "base.safetensors"
-    tiling = tiling_of(plan.tile_plan, 1024, 1536, after=True)
-    assert stage.work_per_evaluation == pytest.approx(stage_work_per_evaluation(1024, 1536, 1, tiling))
-    assert stage.runs == tiling["batches"] and stage.evaluations == 8 * tiling["batches"]
+    # the plan route's number for the same tiles, at the upscaled size
+    planned = plan_request({"tab": "img2img", "width": 512, "height": 768, "steps": 20,
+                            "script_name": "Tile Sampler tools",
+                            "script_args": [{"upscale_by": 2.0, "tiler_tile_size": 512,
+                                             "tiler_overlap": 64, "tiler_steps": 30}]})
+    tiled = next(s for s in planned["stages"] if s["name"] == "resample")
+    assert stage.work_per_evaluation == pytest.approx(tiled["work_per_evaluation"])
+    assert stage.runs == tiled["runs"] and stage.evaluations == tiled["evaluations"]
     assert stage.timed == stage.evaluations - stage.runs      # each run's first is not timed
 
 
