@@ -20,8 +20,8 @@ from .hypertile.geometry import HyperTileConfig, level_grid, window_count_option
 from .tiling.independent import steps_to_run
 from .tiling.passes import LATENT_FACTOR, TilePlan
 from .tiling.plan import batch_tiles, shifted_grid
-from .preview_tools import TOOLS_TITLE, ToolPlanError, mask_grid_stages, refine_upscale_stages, \
-    tool_values
+from .preview_tools import MASK_GRID_DENOISE, TOOLS_TITLE, ToolPlanError, mask_grid_stages, \
+    refine_upscale_stages, tool_values
 
 UNIT_CELLS = 64 * 64          # a work unit: one evaluation of a 512 x 512 image
 TITLE = "tile sampler"        # the script's name in ``alwayson_scripts``
@@ -254,7 +254,7 @@ def _tool_stages(tool: dict, request: Mapping[str, Any], tab: str, size: tuple[i
     one image."""
     batch_size = _number(request, "batch_size", 1, minimum=1)
     n_iter = _number(request, "n_iter", 1, minimum=1)
-    denoise = _number(request, "denoising_strength", 0.75, float)
+    denoise = _number(request, "denoising_strength", MASK_GRID_DENOISE, float)
     if tool["tool"] == "refine_upscale":
         stages, info = refine_upscale_stages(tool, tab, request, size, steps, denoise,
                                              batch_size * n_iter, _stage, tiling_of)
@@ -268,8 +268,8 @@ def _tool_stages(tool: dict, request: Mapping[str, Any], tab: str, size: tuple[i
         resample = first["resample"]
     elif resample.get("enabled"):
         resample = {"enabled": False, "off": "the mask grid's variations are not resampled"}
-    stages, info = mask_grid_stages(tool, tab, request, final if tab == "txt2img" else size,
-                                    steps, batch_size, n_iter, _stage)
+    stages, info = mask_grid_stages(tool, tab, final if tab == "txt2img" else size,
+                                    steps, denoise, batch_size, n_iter, _stage)
     return source + stages, info, resample
 
 

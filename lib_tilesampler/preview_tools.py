@@ -118,16 +118,14 @@ def batched_stage(name: str, width: int, height: int, steps: int, rows: int, bat
             "work_per_evaluation": round(one["work"] / evaluations, 6) if evaluations else 0.0}
 
 
-def mask_grid_stages(values: Mapping[str, Any], tab: str, request: Mapping[str, Any],
-                     size: tuple[int, int], steps: int, batch_size: int, n_iter: int,
-                     stage: StageFn) -> tuple[list[dict], dict]:
+def mask_grid_stages(values: Mapping[str, Any], tab: str,
+                     size: tuple[int, int], steps: int, denoise: float, batch_size: int,
+                     n_iter: int, stage: StageFn) -> tuple[list[dict], dict]:
     """The variations of the mask grid over the source of ``size`` (txt2img: the image the
     main settings make, hires included; img2img: the input at the job's size): Sample then
     Fork samples each image of the job once; Fork then Sample samples every cell of every
     image, ``cells_per_batch`` at a time. Both run the steps of the step range."""
     width, height = size
-    denoise = request.get("denoising_strength")
-    denoise = MASK_GRID_DENOISE if denoise in (None, "") else float(denoise)
     try:
         check_mode(values["mode"])
         grid = cell_geometry(width, height, values["rows"], values["columns"])

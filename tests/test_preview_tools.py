@@ -216,3 +216,10 @@ def test_the_route_answers_the_tools_plan_and_their_errors_once_prefixed():
                           auth=USER)
         assert bad.status_code == 422
         assert bad.json()["detail"].startswith("Tile Sampler tools: upscale_by must be at most 10")
+
+
+def test_bad_request_fields_and_script_args_that_are_no_list_name_the_field():
+    for bad, words in (({"denoising_strength": "lots"}, "denoising_strength must be a number"),
+                       ({"script_args": {"tool": "mask_grid"}}, "script_args must be a list")):
+        with pytest.raises(PlanRequestError, match=words):
+            plan_job({**tool_request("img2img", 768, 512, script_args=[{"tool": "mask_grid"}]), **bad})
