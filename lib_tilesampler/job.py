@@ -30,6 +30,7 @@ class StageCount:
     seconds: float = 0.0          # summed intervals between timed evaluations
     timed: int = 0                # evaluations whose duration is in ``seconds``
     work_per_evaluation: float = 0.0   # work units of one evaluation (see ``preview``)
+    model: Optional[str] = None   # the model that ran it when not the job's (a refiner)
 
 
 class Job:
@@ -48,6 +49,8 @@ class Job:
         self.host: Any = None               # the host adapter's per-job state
         self.script: Any = None             # the script's per-job state
         self.counts_nested = False          # also count the evaluations of jobs opened inside it
+        self.times_nested = False           # ... and time them with its own work per evaluation:
+                                            # the jobs inside do not record their speed
         self.closed = False
         self.reporter: Optional[Callable[[str], None]] = None   # tells the user (UI, infotext)
         self.started = time.perf_counter()
@@ -106,10 +109,14 @@ class Job:
         """A sampler run starts: the next evaluation is not timed from the last one."""
         self._last_call = None
 
-    def set_work(self, work_per_evaluation: float, stage: Optional[str] = None) -> None:
-        """The work units of one evaluation of the current (or the given) stage."""
-        self.stages.setdefault(stage or self.stage, StageCount()).work_per_evaluation = \
-            float(work_per_evaluation)
+    def set_work(self, work_per_evaluation: float, stage: Optional[str] = None,
+                 model: Optional[str] = None) -> None:
+        """The work units of one evaluation of the current (or the given) stage, and the
+        model that runs it when that is not the job's ``model`` (a tool's refiner)."""
+        counts = self.stages.setdefault(stage or self.stage, StageCount())
+        counts.work_per_evaluation = float(work_per_evaluation)
+        if model is not None:
+            counts.model = model
 
     def measured(self) -> tuple[float, float]:
         """``(seconds, work units)`` of the timed evaluations of stages of known work."""
@@ -119,6 +126,15 @@ class Job:
                 seconds += s.seconds
                 work += s.timed * s.work_per_evaluation
         return seconds, work
+
+    def measured_by_model(self) -> dict[Optional[str], tuple[float, float]]:
+        """``measured()`` per model: a stage counts for its own model, else the job's."""
+        out: dict[Optional[str], tuple[float, float]] = {}
+        for s in self.stages.values():
+            if s.timed and s.work_per_evaluation > 0:
+                seconds, work = out.get(s.model or self.model, (0.0, 0.0))
+                out[s.model or self.model] = (seconds + s.seconds, work + s.timed * s.work_per_evaluation)
+        return out
 
     def close(self) -> None:
         """Undo every patch of the job and run its close callbacks; idempotent."""

@@ -20,6 +20,8 @@ from .hypertile.geometry import HyperTileConfig, level_grid, window_count_option
 from .tiling.independent import steps_to_run
 from .tiling.passes import LATENT_FACTOR, TilePlan
 from .tiling.plan import batch_tiles, shifted_grid
+from .preview_tools import MASK_GRID_DENOISE, TOOLS_TITLE, ToolPlanError, mask_grid_stages, \
+    refine_upscale_stages, tool_values
 
 UNIT_CELLS = 64 * 64          # a work unit: one evaluation of a 512 x 512 image
 TITLE = "tile sampler"        # the script's name in ``alwayson_scripts``
@@ -207,22 +209,68 @@ def plan_job(request: Mapping[str, Any], seconds_per_unit: Optional[float] = Non
         if run:
             stages.append(_stage("resample", final_w, final_h, run, images, layout))
 
+    hypertile_sizes = [(name, w, h) for name, w, h, _ in sizes]
+    plain = round(sum(s["untiled_work"] for s in stages if s["name"] != "resample"), 4)
+    try:
+        tool = tool_values(request, tab)
+        if tool is not None:
+            stages, tool, resample = _tool_stages(tool, request, tab, (width, height),
+                                                  (final_w, final_h), steps, resample)
+    except P.ParamError as e:
+        raise PlanRequestError(f"{TOOLS_TITLE}: {e}") from None
+    except ToolPlanError as e:
+        raise PlanRequestError(str(e)) from None
+    if tool is not None:
+        hypertile_sizes = [(s["name"], *((s["tiling"] or {}).get("tile") or (s["width"], s["height"])))
+                           for s in stages if s["evaluations"]]
+        final_w, final_h = stages[-1]["width"], stages[-1]["height"]
     hypertile: dict = {"enabled": P.group_enabled(values, "hypertile")}
     if hypertile["enabled"]:
         hypertile["stages"] = [{"name": name, "width": w, "height": h,
                                 "levels": hypertile_levels(w, h, values)}
-                               for name, w, h, _ in sizes]
+                               for name, w, h in hypertile_sizes]
 
     total_work = round(sum(s["work"] for s in stages), 4)
-    untiled = round(sum(s["untiled_work"] for s in stages if s["name"] != "resample"), 4)
+    untiled = round(sum(s["untiled_work"] for s in stages if "resample" not in s["name"]), 4)
     eta = round(total_work * seconds_per_unit, 1) if seconds_per_unit else None
     return {"tab": tab, "enabled": bool(values[P.MASTER.key]), "width": final_w,
-            "height": final_h, "images": images, "stages": stages,
+            "height": final_h, "images": images, "stages": stages, "tool": tool,
             "hypertile": hypertile, "resample": resample,
             "total": {"unet_calls": sum(s["unet_calls"] for s in stages),
                       "evaluations": sum(s["evaluations"] for s in stages),
                       "work": total_work, "work_without_resample": untiled,
-                      "eta_seconds": eta, "seconds_per_unit": seconds_per_unit}}
+                      "plain_work": plain, "eta_seconds": eta,
+                      "seconds_per_unit": seconds_per_unit}}
+
+
+SOURCE_STAGES = {"main": "source", "hires": "source hires", "resample": "source resample"}
+
+
+def _tool_stages(tool: dict, request: Mapping[str, Any], tab: str, size: tuple[int, int],
+                 final: tuple[int, int], steps: int, resample: dict) -> tuple[list, dict, dict]:
+    """The stages of the Script's tool (``preview_tools``), its details, and what becomes of
+    the accordion's resample: off in Refine & upscale (the tool tiles itself) and on the mask
+    grid's variations; it runs on a txt2img mask grid's source, which is the main job of
+    one image."""
+    batch_size = _number(request, "batch_size", 1, minimum=1)
+    n_iter = _number(request, "n_iter", 1, minimum=1)
+    denoise = _number(request, "denoising_strength", MASK_GRID_DENOISE, float)
+    if tool["tool"] == "refine_upscale":
+        stages, info = refine_upscale_stages(tool, tab, request, size, steps, denoise,
+                                             batch_size * n_iter, _stage, tiling_of)
+        off = "the Script's Refine & upscale tiles the image itself"
+        return stages, info, ({"enabled": False, "off": off} if resample.get("enabled") else resample)
+    source: list = []
+    if tab == "txt2img":
+        plain = {k: v for k, v in request.items() if k not in ("script_name", "script_args")}
+        first = plan_job({**plain, "batch_size": 1, "n_iter": 1})
+        source = [{**s, "name": SOURCE_STAGES.get(s["name"], s["name"])} for s in first["stages"]]
+        resample = first["resample"]
+    elif resample.get("enabled"):
+        resample = {"enabled": False, "off": "the mask grid's variations are not resampled"}
+    stages, info = mask_grid_stages(tool, tab, final if tab == "txt2img" else size,
+                                    steps, denoise, batch_size, n_iter, _stage)
+    return source + stages, info, resample
 
 
 def stage_work_per_evaluation(width: int, height: int, images: int,

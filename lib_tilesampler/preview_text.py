@@ -76,16 +76,59 @@ def resample_lines(plan: Mapping[str, Any]) -> list[str]:
 def cost_line(plan: Mapping[str, Any]) -> str:
     """The whole job: U-Net calls per stage, work units, and the ETA once measured."""
     total = plan["total"]
-    calls = " + ".join(f"{s['unet_calls']} {s['name']}" for s in plan["stages"])
+    calls = " + ".join(f"{s['unet_calls']} {s['name']}" for s in plan["stages"] if s["unet_calls"])
     images = f" for {plan['images']} images" if plan["images"] > 1 else ""
     line = f"Job: {calls} U-Net calls; work {total['work']:.1f} units{images}"
-    if total["work_without_resample"] and total["work"] != total["work_without_resample"]:
+    if plan.get("tool") and total["plain_work"]:
+        line += f" ({total['work'] / total['plain_work']:.2f}{TIMES} a plain run)"
+    elif total["work_without_resample"] and total["work"] != total["work_without_resample"]:
         line += f" ({total['work'] / total['work_without_resample']:.2f}{TIMES} the job without the resample)"
     if total["eta_seconds"] is not None:
         line += f"; ETA \u2248 {duration(total['eta_seconds'])} (measured on this model)"
     else:
         line += "; ETA after a first job with this model"
     return line
+
+
+def tool_lines(plan: Mapping[str, Any]) -> list[str]:
+    """What the Script's tool will do (its stages, tiles or cells), then the job's cost."""
+    tool = plan.get("tool")
+    if not tool:
+        return []
+    stages = {s["name"]: s for s in plan["stages"]}
+    if tool["name"] == "refine_upscale":
+        parts = []
+        sampled = [f"{name} {stages[name]['steps']}" for name in ("base", "refiner") if name in stages]
+        if sampled:
+            parts.append(f"{' + '.join(sampled)} steps at {_size(*tool['input'])}")
+        upscaler = "" if tool["upscaler"] == "None" else f" with {tool['upscaler']}"
+        parts.append(f"upscale{upscaler} to {_size(*tool['output'])}"
+                     + (" (from the width and height: the input image is not known)"
+                        if not tool["refine"] and tool["input_from"] == "size" else ""))
+        if "resample" in stages:
+            tiled = stages["resample"]
+            tw, th = tool["tile"]
+            runs = f"{tiled['runs']} sampler runs" if tool["mode"] == "independent" else "1 sampler run"
+            parts.append(f"{_size(*tool['grid'])} tiles of {_size(tw, th)} px, {tool['mode']}: "
+                         f"{runs} of {tool['steps_run']} steps")
+        else:
+            parts.append("tiler denoise 0: no re-denoise")
+        head = "Refine & upscale: " + " → ".join(parts)
+    else:
+        rows, cols = tool["grid"]
+        source = f"a {_size(plan['width'], plan['height'])} source, then " if tool["source"] else ""
+        batches = f"{tool['batches']} batch" + ("es" if tool["batches"] > 1 else "")
+        head = (f"Mask grid: {source}{rows}{TIMES}{cols} = {tool['cells']} cells of "
+                f"{_size(*tool['cell'])} px, {tool['mode']}: {tool['outputs']} outputs from "
+                f"{tool['sampled_rows']} sampled images in {batches}, steps {tool['start']}–"
+                f"{tool['end']} of {tool['steps']} ({tool['steps_run']} steps)")
+    return [head, cost_line(plan)]
+
+
+def tool_preview_html(plan: Mapping[str, Any]) -> str:
+    """The Script tab's preview: ``tool_lines`` as HTML, the plan as JSON in ``data-plan``."""
+    data = f' data-plan="{html.escape(json.dumps(plan, sort_keys=True))}"'
+    return _block(tool_lines(plan), "tilesampler-tool", data)
 
 
 def _block(lines: list[str], cls: str, data: str = "") -> str:
@@ -101,6 +144,11 @@ def preview_html(plan: Mapping[str, Any]) -> tuple[str, str, str]:
     return (_block(hypertile_lines(plan), "tilesampler-hypertile"),
             _block(resample_lines(plan), "tilesampler-resample"),
             _block([cost] if cost else [], "tilesampler-cost", data))
+
+
+def tool_error_html(message: str) -> str:
+    """The Script tab's preview for a request it cannot plan."""
+    return _block([f"\u26a0 {message}"], "tilesampler-tool")
 
 
 def error_html(message: str) -> tuple[str, str, str]:

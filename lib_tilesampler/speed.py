@@ -4,7 +4,7 @@ in memory only (a restart forgets it)."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Any, Optional
 
 
 class SpeedBook:
@@ -20,6 +20,11 @@ class SpeedBook:
         if not model or work <= 0 or seconds <= 0:
             return
         self._samples.setdefault(model, deque(maxlen=self.keep)).append((seconds, work))
+
+    def record_job(self, job: Any) -> None:
+        """Record what a closed ``job.Job`` timed, for each model it ran."""
+        for model, (seconds, work) in job.measured_by_model().items():
+            self.record(model, seconds, work)
 
     def seconds_per_unit(self, model: Optional[str]) -> Optional[float]:
         """The model's seconds per work unit over its recent jobs, or None when unknown."""

@@ -381,7 +381,13 @@ class TileSamplerScript(scripts.Script):
                                                 "skipped_depth", "unknown_shape")}
             print(f"{LOG_PREFIX} HyperTile: {planners[-1].stats.summary()}")
         JOBS.close(job)
-        SPEED.record(job.model, *job.measured())
+        outer = next((j for j in JOBS if j.counts_nested and not j.closed), None)
+        if outer is None or not outer.times_nested:
+            SPEED.record_job(job)
+        if outer is not None:     # a tool's job: it reports HyperTile's counts of its stages
+            for key, count in job.facts.get("hypertile", {}).items():
+                totals = outer.facts.setdefault("hypertile", {})
+                totals[key] = totals.get(key, 0) + count
         print(f"{LOG_PREFIX} {job.summary()}")
 
 

@@ -5,6 +5,7 @@ UI and API args -> ``lib_tilesampler.tools.options`` -> the host adapter's tool 
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import gradio as gr
@@ -13,6 +14,9 @@ from modules import scripts
 
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.preview import plan_job
+from lib_tilesampler.preview_text import tool_error_html, tool_preview_html
+from lib_tilesampler.speed import SPEED
 from lib_tilesampler.tools import options as O
 
 REFINE_UPSCALE_LAYOUT = (
@@ -64,6 +68,26 @@ def _paste_value(field: P.Field) -> Any:
     return field.infotext
 
 
+def _preview(request_json: str) -> str:
+    """The preview line for the page's request (the job's fields, the accordion's options and
+    the tool's, as JSON, gathered by javascript/tilesampler.js): the plan of ``POST
+    /tilesampler/v1/plan`` with ``script_name`` "Tile Sampler tools"."""
+    try:
+        request = json.loads(request_json or "{}")
+        if not isinstance(request, dict):
+            raise ValueError("not a JSON object")
+        plan = plan_job(request, SPEED.seconds_per_unit(get_host().model_key()))
+    except (ValueError, P.ParamError) as e:     # PlanRequestError is a ValueError
+        return tool_error_html(str(e))
+    return tool_preview_html(plan)
+
+
+def _hidden(component: Any) -> Any:
+    """A control the page's script uses but the user never sees (not in ui-config.json)."""
+    component.do_not_save_to_config = True
+    return component
+
+
 class TileSamplerTools(scripts.Script):
     def title(self) -> str:
         return O.TITLE
@@ -96,6 +120,18 @@ class TileSamplerTools(scripts.Script):
                         for key in row:
                             made[key] = _control(O.TOOL_FIELDS_BY_KEY[key], self.elem_id(key), choices.get(key))
             groups[tool] = group
+        preview = gr.HTML("", elem_id=self.elem_id("plan_preview"))
+        # The page's script puts the job's fields and the options here as JSON and clicks the
+        # button; the answer is the preview line (javascript/tilesampler.js).
+        with gr.Row(elem_classes=["tilesampler-hidden"]):
+            keys = " ".join(f.key for f in O.TOOL_FIELDS if f.key != "mask")
+            gr.HTML(f'<div data-keys="{keys}"></div>', elem_id=self.elem_id("plan_spec"))
+            request = _hidden(gr.Textbox("", label="Tile Sampler tools plan request",
+                                         elem_id=self.elem_id("plan_request"),
+                                         elem_classes=["tilesampler-hidden"]))
+            button = _hidden(gr.Button("Tile Sampler tools plan", elem_id=self.elem_id("plan_button"),
+                                       elem_classes=["tilesampler-hidden"]))
+        button.click(fn=_preview, inputs=[request], outputs=[preview], show_progress=False, queue=False)
         labels = {label: key for key, label in O.TOOL_LABELS.items()}
         made["tool"].change(fn=lambda label: [gr.update(visible=labels.get(label) == t) for t in groups],
                             inputs=made["tool"], outputs=list(groups.values()), show_progress=False)

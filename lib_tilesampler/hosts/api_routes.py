@@ -203,6 +203,7 @@ def plan_endpoint(plan: PlanFunction) -> Callable[..., Any]:
         try:
             return plan(request)
         except (ParamError, PlanRequestError) as e:
-            return JSONResponse(status_code=422, content=error_body(f"Tile Sampler: {e}"))
+            message = str(e) if str(e).startswith("Tile Sampler") else f"Tile Sampler: {e}"
+            return JSONResponse(status_code=422, content=error_body(message))
     endpoint.__name__ = "tilesampler_plan"
     return endpoint

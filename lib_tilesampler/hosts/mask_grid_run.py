@@ -28,7 +28,10 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from ..job import JOBS, Job
 from ..module_patch import PatchSet
+from ..preview import stage_work_per_evaluation
+from ..speed import SPEED
 from ..tools import options as O
 from ..tools.mask_grid import CellGrid, MaskGridError, cell_geometry, cell_label, check_mode, \
     fork_in_pixels, grid_mask
@@ -42,6 +45,8 @@ MARK = "_tilesampler_mask_grid"
 CELL_KEY = "Mask grid cell"
 RESIZED_KEY = "MG mask resized"
 SOURCE_KEY = "Mask grid source"
+LABEL = "Mask grid"
+SOURCE_STAGE, VARIATIONS_STAGE = "source", "variations"   # the stages of the tool's job
 TXT2IMG_MASK_BLUR = 4          # the WebUIs' img2img defaults, for the variations of txt2img
 TXT2IMG_FILL_ORIGINAL = 1      # masked content "original": the variations start from the image
 
@@ -66,8 +71,11 @@ class VariationJob:
     script's hooks need."""
 
     def __init__(self, p: Any, values: Mapping[str, Any], source: Image.Image, cell: CellMask,
-                 rows: VariationRows, steps: StepRange) -> None:
+                 rows: VariationRows, steps: StepRange, job: Optional[Job] = None,
+                 model_key: Any = None) -> None:
         self.p = p
+        self.job = job                   # the tool's job: times the variations' evaluations
+        self.model_key = model_key       # () -> the loaded model, for the speed book
         self.values = dict(values)
         self.source = to_tensor(source)
         self.cell = cell
@@ -106,6 +114,7 @@ class VariationJob:
         then Sample), the sampler's controls, then the host's own ``sample``."""
         p = self.p
         rows = len(seeds)
+        self.measure(rows)
         saved = {name: getattr(p, name, None) for name in ("init_latent", "image_conditioning", "mask", "nmask")}
         try:
             if not self.rows.sample_then_fork and isinstance(p.nmask, torch.Tensor):
@@ -129,6 +138,18 @@ class VariationJob:
         finally:
             for name, value in saved.items():
                 setattr(p, name, value)
+
+    def measure(self, rows: int) -> None:
+        """A sampler run of ``rows`` images of the whole grid (the host inpaints the whole
+        latent): its evaluations are timed apart from the batch before, with their work."""
+        job = self.job
+        if job is None or job.closed:
+            return
+        job.stage = VARIATIONS_STAGE
+        job.times_nested = True           # the accordion's job inside sees the same calls
+        job.count_run()
+        job.set_work(stage_work_per_evaluation(self.grid.width, self.grid.height, rows),
+                     model=self.model_key() if self.model_key is not None else None)
 
     def control(self, sampler: Any) -> PatchSet:
         """The KSamplerAdvanced controls on ``sampler.sample_img2img(p, x, noise, c, uc,
@@ -265,7 +286,8 @@ def job_cell_mask(values: Mapping[str, Any], grid: CellGrid, inpaint_mask: Any =
 
 
 def run_variations(host: Any, q: Any, values: Mapping[str, Any], source: Image.Image,
-                   progress_before: int = 0, inpaint_mask: Any = None) -> Any:
+                   progress_before: int = 0, inpaint_mask: Any = None,
+                   job: Optional[Job] = None) -> Any:
     """The mask-grid variations of ``source`` as the img2img job ``q`` (the caller's p in
     img2img, or one made from the txt2img job) run by the host's ``process_images``."""
     from modules import processing, shared
@@ -281,17 +303,17 @@ def run_variations(host: Any, q: Any, values: Mapping[str, Any], source: Image.I
     rows = VariationRows(values["mode"], grid.count, repeats, int(values["cells_per_batch"]))
     batch_size, n_iter = rows.host_batches(int(q.batch_size), int(q.n_iter))
     seed, subseed = resolved_seed(q.seed), resolved_seed(q.subseed)
-    job = VariationJob(q, values, source, cell, rows, steps)
+    variations = VariationJob(q, values, source, cell, rows, steps, job, host.model_key)
     pixels = (grid_mask(cell.sampled, grid) * 255).round().to(torch.uint8).numpy()
     fields: dict[str, Any] = dict(image_mask=Image.fromarray(pixels, "L"), init_images=[source],
                                   inpaint_full_res=False, inpainting_mask_invert=0, latent_mask=None,
                                   batch_size=batch_size, n_iter=n_iter, seed=seed, subseed=subseed,
-                                  sample=job.sample, **{MARK: job})
+                                  sample=variations.sample, **{MARK: variations})
     if not rows.sample_then_fork:
         fields.update(seed=rows.seeds(seed, values["seed_per_cell"]),
-                      subseed=[subseed + i for i in range(rows.outputs)], setup_prompts=job.setup_prompts)
+                      subseed=[subseed + i for i in range(rows.outputs)], setup_prompts=variations.setup_prompts)
     q.extra_generation_params.update(O.tool_infotext(values))
-    q.extra_generation_params[CELL_KEY] = job.cell_infotext
+    q.extra_generation_params[CELL_KEY] = variations.cell_infotext
     if cell.resize_note():
         q.extra_generation_params[RESIZED_KEY] = cell.resize_note()
     shared.state.job_count = progress_before + n_iter
@@ -299,8 +321,8 @@ def run_variations(host: Any, q: Any, values: Mapping[str, Any], source: Image.I
         processed = processing.process_images(q)
     finished = not (shared.state.interrupted or shared.state.skipped or
                     getattr(shared.state, "stopping_generation", False))
-    if finished and len(job.composed) != rows.outputs:
-        raise RuntimeError(f"Mask grid: {len(job.composed)} of {rows.outputs} outputs were forked "
+    if finished and len(variations.composed) != rows.outputs:
+        raise RuntimeError(f"Mask grid: {len(variations.composed)} of {rows.outputs} outputs were forked "
                            "(the always-on Tile Sampler script did not run its hooks); the images "
                            "are not the source outside their cells")
     per_output(processed, rows, seed if rows.sample_then_fork else None)
@@ -319,15 +341,48 @@ def per_output(processed: Any, rows: VariationRows, first_seed: Optional[int]) -
 
 
 def run_mask_grid(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
-    """The Script's mask-grid tool for ``p`` (txt2img or img2img); returns a ``Processed``."""
-    from modules import processing, shared
+    """The Script's mask-grid tool for ``p`` (txt2img or img2img); returns a ``Processed``.
+    The tool's job counts and times the source's and the variations' evaluations (those of
+    the accordion's jobs inside it too) for ``GET /tilesampler/v1/jobs/last`` and the
+    speed book."""
     values = dict(values)
     check_mode(values["mode"])
+    job = open_tool_job(host, values)
+    try:
+        return _run_mask_grid(host, p, values, job)
+    finally:
+        JOBS.close(job)
+        SPEED.record_job(job)
+
+
+def open_tool_job(host: Any, values: Mapping[str, Any]) -> Job:
+    """The mask grid's own ``Job`` (its values without the mask's pixels), open until the
+    tool returns and closed with the host's generation at the latest."""
+    job = JOBS.open(Job({k: v for k, v in values.items() if k != "mask"}, key=host.job_key(),
+                        label=LABEL))
+    job.counts_nested = True
+    job.model = host.model_key()
+    host.end_with_generation(job)
+    return job
+
+
+def source_work(p: Any, accordion_job: Optional[Job]) -> float:
+    """Work of one evaluation of the txt2img source (one image, see ``preview``). 0 (its
+    evaluations are counted, not timed into the speed) when the accordion's job measured
+    them itself (its passes and tiles, each with its work), or with hires fix, whose two
+    sizes run in one host call."""
+    if accordion_job is not None or getattr(p, "enable_hr", False):
+        return 0.0
+    return stage_work_per_evaluation(int(p.width), int(p.height), 1)
+
+
+def _run_mask_grid(host: Any, p: Any, values: dict, job: Job) -> Any:
+    from modules import processing, shared
     p.extra_generation_params.update(O.tool_infotext(values))
     if isinstance(p, processing.StableDiffusionProcessingImg2Img):
         if len(p.init_images or []) > 1:
             print("[Tile Sampler] Mask grid: only the first input image is varied")
-        return run_variations(host, p, values, img2img_source(p), inpaint_mask=p.image_mask)
+        return run_variations(host, p, values, img2img_source(p), inpaint_mask=p.image_mask, job=job)
 
     infotext = {k: v for k, v in p.extra_generation_params.items() if not callable(v)}
     repeats = dict(batch_size=p.batch_size, n_iter=p.n_iter)
@@ -336,10 +391,15 @@ def run_mask_grid(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
     rows = VariationRows(values["mode"], int(values["rows"]) * int(values["columns"]),
                          max(1, p.batch_size * p.n_iter), int(values["cells_per_batch"]))
     shared.state.job_count = 1 + rows.host_batches(p.batch_size, p.n_iter)[1]
+    job.stage = SOURCE_STAGE
+    job.count_run()
+    closed_before = JOBS.last_closed
     with overridden(p, batch_size=1, n_iter=1, do_not_save_grid=True):
         p.extra_generation_params[SOURCE_KEY] = "True"
         first = processing.process_images(p)
         p.extra_generation_params.pop(SOURCE_KEY, None)
+    inner = JOBS.last_closed if JOBS.last_closed is not closed_before else None
+    job.set_work(source_work(p, inner))
     if shared.state.interrupted or getattr(shared.state, "stopping_generation", False) or not first.images:
         return first
     source_index = first.index_of_first_image
@@ -348,7 +408,7 @@ def run_mask_grid(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
     for name, value in repeats.items():
         setattr(q, name, value)
     try:
-        processed = run_variations(host, q, values, source, progress_before=1)
+        processed = run_variations(host, q, values, source, progress_before=1, job=job)
     finally:
         q.close()
     at = processed.index_of_first_image

@@ -26,12 +26,14 @@ import torch
 
 from ..job import JOBS, TOOL_ATTR, Job
 from ..params import ParamError
+from ..preview import stage_work_per_evaluation, tiling_of
+from ..speed import SPEED
 from ..tools.options import TITLE, tool_infotext
 from ..tools.refine_upscale import (JobPlan, StagePlan, StageSettings, options_from_values, plan_job,
                                     progress_jobs, tiler_resample_values)
 from ..tools.refine_upscale_check import plan_for_check, resolve_tool_names, tool_error
 from ..tools.sigmas import img2img_call_for_sigmas, sigma_override
-from .webui_common import overridden
+from .webui_common import RESAMPLE_STAGE, overridden
 
 TOOL = "refine_upscale"
 LABEL = "Refine & upscale"
@@ -83,7 +85,8 @@ def run_refine_upscale(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
     host.set_progress_total(progress_jobs(plan, int(p.n_iter) if refine else 0, images))
 
     job = JOBS.open(Job(dict(values), key=host.job_key(), label=LABEL))
-    job.counts_nested = True
+    job.counts_nested = job.times_nested = True    # every stage's work is its own (tiles)
+    job.model = host.model_key()
     host.end_with_generation(job)
     infotext = dict(tool_infotext(values), Script=TITLE)
     p.extra_generation_params.update(infotext)
@@ -100,6 +103,7 @@ def run_refine_upscale(host: Any, p: Any, values: Mapping[str, Any]) -> Any:
             job.facts["checkpoint_after"] = getattr(loaded, "title", None)
         finally:
             JOBS.close(job)
+            SPEED.record_job(job)
 
 
 class _Run:
@@ -176,6 +180,9 @@ class _Run:
                 host.switch_checkpoint(p, self.refiner)
             self.stages[stage.name] = getattr(host.loaded_checkpoint(), "title", None)
             self.job.stage = stage.name
+            self.job.count_run()           # its first evaluation is not timed from the last stage's
+            self.job.set_work(stage_work_per_evaluation(int(p.width), int(p.height), int(p.batch_size)),
+                              model=host.model_key())
             host.show_stage(f"{LABEL}: {stage.name}")
             latent = self.run_stage(stage, latent, fresh=latent is None)
             ran += 1
@@ -336,6 +343,9 @@ class _Run:
             host.before_sampling(p2, p2.init_latent, noise, conditioning, unconditional_conditioning)
             holder = _SamplerArgs({"cond": conditioning, "uncond": unconditional_conditioning,
                                    "image_cond": p2.image_conditioning})
+            tiling = tiling_of(plan.tile_plan, plan.width, plan.height, after=True)
+            job.set_work(stage_work_per_evaluation(plan.width, plan.height, 1, tiling),
+                         stage=RESAMPLE_STAGE, model=host.model_key())
             out = host.resample_after(p2, job, p2.init_latent, holder, plan.tile_plan,
                                       self.tiler_values_for(tiler), [source.seed], label=LABEL)
             if host.should_stop():

@@ -201,14 +201,15 @@ def started(webui):
 
 
 def test_the_step_controls_run_exactly_their_steps_and_leftover_noise_shows(webui, source):
-    """Start 1, end 3: 2 denoiser calls per sampling (counted by the accordion's job, with
-    HyperTile on); Fork then Sample in 2 batches of 3 cells makes it 4; leftover noise
+    """Start 1, end 3: 2 denoiser calls per sampling (counted by the mask grid's job, with
+    HyperTile's counts of the accordion's job inside it); Fork then Sample in 2 batches of
+    3 cells makes it 4; leftover noise
     changes the cells, never what is outside them."""
     hypertile = {"alwayson_scripts": {TITLE: {"args": [{"hypertile": True, "hypertile_tile_size": 64}]}}}
     steps = dict(start_step=1, end_step=3)
     clean = img2img(webui, source, [named(**steps)], **hypertile)
     assert clean.status == 200, clean.body
-    assert last_job(webui)["stages"]["main"]["evaluations"] == 2
+    assert last_job(webui)["stages"]["variations"]["evaluations"] == 2
     assert last_job(webui)["hypertile"]["tiled"] > 0
     noisy = img2img(webui, source, [named(leftover_noise=True, **steps)], **hypertile)
     assert noisy.status == 200, noisy.body
@@ -216,7 +217,7 @@ def test_the_step_controls_run_exactly_their_steps_and_leftover_noise_shows(webu
     assert any(clean.digest(i) != noisy.digest(i) for i in outputs(clean))
     batched = img2img(webui, source, [named(mode="Fork then Sample", cells_per_batch=3, **steps)], **hypertile)
     assert batched.status == 200, batched.body
-    assert last_job(webui)["stages"]["main"]["evaluations"] == 4
+    assert last_job(webui)["stages"]["variations"]["evaluations"] == 4
     quiet = img2img(webui, source, [named(add_noise=False)], **hypertile)
     assert quiet.status == 200, quiet.body
     assert_forked(quiet, pixels_of(source), outputs(quiet))
