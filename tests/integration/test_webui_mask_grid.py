@@ -205,7 +205,9 @@ def test_the_step_controls_run_exactly_their_steps_and_leftover_noise_shows(webu
     HyperTile's counts of the accordion's job inside it); Fork then Sample in 2 batches of
     3 cells makes it 4; leftover noise
     changes the cells, never what is outside them."""
-    hypertile = {"alwayson_scripts": {TITLE: {"args": [{"hypertile": True, "hypertile_tile_size": 64}]}}}
+    # A 4-step schedule whatever TILESAMPLER_IT_STEPS says: with 2, step 3 would be past the end.
+    hypertile = {"alwayson_scripts": {TITLE: {"args": [{"hypertile": True, "hypertile_tile_size": 64}]}},
+                 "steps": 4}
     steps = dict(start_step=1, end_step=3)
     clean = img2img(webui, source, [named(**steps)], **hypertile)
     assert clean.status == 200, clean.body
