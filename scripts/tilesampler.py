@@ -14,6 +14,7 @@ from modules.ui_components import FormRow, InputAccordion
 
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.hosts.plan_controls import plan_controls
 from lib_tilesampler.preview import PlanRequestError, plan_job, stage_work_per_evaluation, tiling_of
 from lib_tilesampler.preview_text import error_html, preview_html
 from lib_tilesampler.speed import SPEED
@@ -52,13 +53,6 @@ def _control(field: P.Field, elem_id: str, choices: Optional[list] = None) -> An
     if field.kind is int and field.maximum is not None and field.maximum > 2 ** 16:
         return gr.Number(precision=0, **common)     # a seed, as the WebUI's own seed box
     return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=field.step, **common)
-
-
-def _hidden(component: Any) -> Any:
-    """A control the page's script uses but the user never sees, and the WebUI does not
-    save in ui-config.json."""
-    component.do_not_save_to_config = True
-    return component
 
 
 class _PasteKey(str):
@@ -176,16 +170,7 @@ class TileSamplerScript(scripts.Script):
             previews.append(gr.HTML("", elem_id=self.elem_id("cost_preview")))
             # The page's script puts the job's fields and our options here as JSON and
             # clicks the button; the answer fills the preview lines (javascript/).
-            with gr.Row(elem_classes=["tilesampler-hidden"]):
-                keys = " ".join(f.key for f in P.FIELDS)
-                gr.HTML(f'<div data-keys="{keys}"></div>', elem_id=self.elem_id("plan_spec"))
-                request = _hidden(gr.Textbox("", label="Tile Sampler plan request",
-                                             elem_id=self.elem_id("plan_request"),
-                                             elem_classes=["tilesampler-hidden"]))
-                button = _hidden(gr.Button("Tile Sampler plan", elem_id=self.elem_id("plan_button"),
-                                           elem_classes=["tilesampler-hidden"]))
-            button.click(fn=_preview, inputs=[request], outputs=previews,
-                         show_progress=False, queue=False)
+            plan_controls(self.elem_id, "Tile Sampler", (f.key for f in P.FIELDS), _preview, previews)
         self.infotext_fields = [(made[f.key], _paste_value(f)) for f in P.FIELDS]
         self.paste_field_names = [f.infotext for f in P.FIELDS]
         return [made[f.key] for f in P.FIELDS]

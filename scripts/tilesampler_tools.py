@@ -14,6 +14,7 @@ from modules import scripts
 
 from lib_tilesampler import params as P
 from lib_tilesampler.hosts import get_host
+from lib_tilesampler.hosts.plan_controls import plan_controls
 from lib_tilesampler.preview import plan_job
 from lib_tilesampler.preview_text import tool_error_html, tool_preview_html
 from lib_tilesampler.speed import SPEED
@@ -82,12 +83,6 @@ def _preview(request_json: str) -> str:
     return tool_preview_html(plan)
 
 
-def _hidden(component: Any) -> Any:
-    """A control the page's script uses but the user never sees (not in ui-config.json)."""
-    component.do_not_save_to_config = True
-    return component
-
-
 class TileSamplerTools(scripts.Script):
     def title(self) -> str:
         return O.TITLE
@@ -123,15 +118,8 @@ class TileSamplerTools(scripts.Script):
         preview = gr.HTML("", elem_id=self.elem_id("plan_preview"))
         # The page's script puts the job's fields and the options here as JSON and clicks the
         # button; the answer is the preview line (javascript/tilesampler.js).
-        with gr.Row(elem_classes=["tilesampler-hidden"]):
-            keys = " ".join(f.key for f in O.TOOL_FIELDS if f.key != "mask")
-            gr.HTML(f'<div data-keys="{keys}"></div>', elem_id=self.elem_id("plan_spec"))
-            request = _hidden(gr.Textbox("", label="Tile Sampler tools plan request",
-                                         elem_id=self.elem_id("plan_request"),
-                                         elem_classes=["tilesampler-hidden"]))
-            button = _hidden(gr.Button("Tile Sampler tools plan", elem_id=self.elem_id("plan_button"),
-                                       elem_classes=["tilesampler-hidden"]))
-        button.click(fn=_preview, inputs=[request], outputs=[preview], show_progress=False, queue=False)
+        plan_controls(self.elem_id, "Tile Sampler tools",
+                      (f.key for f in O.TOOL_FIELDS if f.key != "mask"), _preview, [preview])
         labels = {label: key for key, label in O.TOOL_LABELS.items()}
         made["tool"].change(fn=lambda label: [gr.update(visible=labels.get(label) == t) for t in groups],
                             inputs=made["tool"], outputs=list(groups.values()), show_progress=False)

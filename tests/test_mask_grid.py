@@ -433,8 +433,9 @@ def test_modes_are_the_nodes_two():
         check_mode("sample then fork")
 
 
-def test_the_core_imports_no_webui_module():
-    code = ("import sys, lib_tilesampler.tools.mask_grid; "
+def test_the_core_the_job_and_its_glue_import_no_webui_module_until_they_run():
+    code = ("import sys, lib_tilesampler.tools.mask_grid, lib_tilesampler.tools.mask_grid_job, "
+            "lib_tilesampler.hosts.mask_grid_run; "
             "print(sorted(m for m in ('modules', 'gradio', 'ldm', 'backend') if m in sys.modules))")
     root = __file__.rsplit("/tests/", 1)[0]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,

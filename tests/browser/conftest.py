@@ -49,3 +49,15 @@ def shots():
     if folder:
         os.makedirs(folder, exist_ok=True)
     return folder
+
+
+@pytest.fixture()
+def page(request, browser, base_url, shots):
+    """A fresh page of the WebUI; its last state is saved as ``last-page-<test file>.png``."""
+    from page import Page
+    p = Page(browser, base_url).open()
+    yield p
+    if shots:
+        name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+        p.page.screenshot(path=os.path.join(shots, f"last-page-{name}.png"), full_page=True)
+    p.close()

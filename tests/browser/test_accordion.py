@@ -26,15 +26,6 @@ JOB_OPTIONS = {
 }
 
 
-@pytest.fixture()
-def page(browser, base_url, shots):
-    p = Page(browser, base_url).open()
-    yield p
-    if shots:
-        p.page.screenshot(path=os.path.join(shots, "last-page.png"), full_page=True)
-    p.close()
-
-
 def shoot(page: Page, shots, tab: str, name: str) -> None:
     if shots:
         accordion = page.page.locator(f"#{page.elem_id(tab, 'enabled')}").first

@@ -31,15 +31,6 @@ REFINE_UPSCALE_VALUES = {
 }
 
 
-@pytest.fixture()
-def page(browser, base_url, shots):
-    p = Page(browser, base_url).open()
-    yield p
-    if shots:
-        p.page.screenshot(path=os.path.join(shots, "last-page-script.png"), full_page=True)
-    p.close()
-
-
 def same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return abs(float(a) - float(b)) < 1e-6
