@@ -1,6 +1,6 @@
 """What the benchmarks share: an SDPA attention forward for ldm's ``CrossAttention``
 (ldm's own forward materialises the whole attention matrix, impossible at 2048²), the
-machine line, logging and writing one section of ``RESULTS.md``."""
+machine line, the command line, logging and writing one section of ``RESULTS.md``."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,8 @@ import datetime
 import os
 import platform
 import re
+import shlex
+import sys
 from typing import Iterator, Optional
 
 import torch
@@ -60,6 +62,13 @@ def machine_line(threads: int) -> str:
     return (f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, Python {platform.python_version()}, "
             f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average at start {load}")
+
+
+def command_line(script: str, argv: Optional[list[str]] = None) -> str:
+    """How the benchmark was started, as a reader would type it in the repository:
+    ``python bench/<script> <args>`` (no interpreter path of the machine it ran on)."""
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "bench/" + os.path.basename(script)] + list(args))
 
 
 def write_section(path: str, section: str) -> None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -63,7 +62,7 @@ from lib_tilesampler.hypertile.geometry import LATENT_FACTOR, HyperTileConfig, H
 from lib_tilesampler.hypertile.install import (install_on_modules, latent_recorder,  # noqa: E402
                                                self_attention_modules)
 from lib_tilesampler.module_patch import PatchSet, first_tensor_arg  # noqa: E402
-from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
+from bench_common import command_line, log, machine_line, sdpa_attention, write_section  # noqa: E402
 
 RESULTS_HEADING = "## HyperTile: one U-Net call on CPU (SD1.5, SDXL)"
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -426,7 +425,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = shlex.join([sys.executable] + sys.argv)
+    command = command_line(__file__, argv)
     header = machine_line(args.threads)
     log(header)
     plan = [(MODELS[m], size) for m in args.models

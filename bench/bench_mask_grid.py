@@ -32,7 +32,6 @@ import io
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -46,7 +45,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_common import cpu_model, log, write_section  # noqa: E402
+from bench_common import command_line, cpu_model, log, write_section  # noqa: E402
 
 RESULTS_HEADING = "## Mask grid: Sample then Fork and Fork then Sample through the API"
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -145,7 +144,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         table.append(f"| {name} | {outputs[name]} | {median[name]:.2f} | {spread} | {median[name] / one:.2f} |")
     stf = median["Sample then Fork"] / one
     batched, single = median[names[2]], median[names[3]]
-    command = "python bench/bench_mask_grid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = command_line(__file__, argv)
     section = "\n".join([
         RESULTS_HEADING, "",
         f"Server: {version} at {url} (its checkpoint; the CPU test hosts run a tiny random-weight "

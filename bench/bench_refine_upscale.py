@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import shlex
 import sys
 import time
 import urllib.error
@@ -54,7 +53,7 @@ if ROOT not in sys.path:
 
 from lib_tilesampler.tiling.passes import LATENT_FACTOR, TilePlan  # noqa: E402
 from lib_tilesampler.tiling.plan import Tile, seam_score  # noqa: E402
-from bench_common import cpu_model, log, write_section  # noqa: E402
+from bench_common import command_line, cpu_model, log, write_section  # noqa: E402
 
 RESULTS_HEADING = "## Refine & upscale vs SD upscale: img2img x4 to 2048² (A1111, CPU)"
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -211,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     base = rows[0]
     verdicts = [f"{r.method}: {base.wall / r.wall:.2f}x the speed of SD upscale, seam score "
                 f"{r.own:.3f} vs {base.own:.3f}" for r in rows[1:]]
-    command = "python bench/bench_refine_upscale.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = command_line(__file__, argv)
     section = "\n".join([
         RESULTS_HEADING, "",
         f"Machine: CPU {cpu_model()}, {os.cpu_count()} cores; WebUI {version} at {url}; "

@@ -49,7 +49,6 @@ import json
 import os
 import re
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -72,7 +71,7 @@ from lib_tilesampler.tiling.conditioning import crop_cond  # noqa: E402
 from lib_tilesampler.tiling.passes import LATENT_FACTOR, TilePlan, run_resample  # noqa: E402
 from lib_tilesampler.tiling.denoisers import seam_offset  # noqa: E402
 from lib_tilesampler.tiling.plan import seam_score, shifted_grid  # noqa: E402
-from bench_common import log, machine_line, sdpa_attention, write_section  # noqa: E402
+from bench_common import command_line, log, machine_line, sdpa_attention, write_section  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' Euler and ldm weight fix-up
 from denoisers import euler  # noqa: E402
@@ -647,7 +646,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         memory_child(args)
         return
     torch.set_num_threads(args.threads)
-    command = shlex.join([sys.executable] + sys.argv)
+    command = command_line(__file__, argv)
     header = machine_line(args.threads)
     log(header)
     unets: dict[str, torch.nn.Module] = {}

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..tiling.conditioning import TilePlace, tile_blocks
 from ..tiling.hints import (LATENT_SCALE, SDXL_BASE, SDXL_REFINER, SizeCondLayout, crop_pixels,
                             fit_pixels, holds_crop, size_vector_for_tiles)
+from .job_scripts import script_titled
 
 SPATIAL_TYPES = ("ControlNet", "ControlLoRA", "ControlNetUnion", "InstantID", "T2I_Adapter")
 FREE_TYPES = ("AttentionInjection", "ReVision", "T2I_StyleAdapter", "IPAdapter")
@@ -45,15 +46,9 @@ SIZE_LAYOUTS = (SDXL_BASE, SDXL_REFINER)
 
 def controlnet_params(p: Any) -> list:
     """The ``ControlParams`` sd-webui-controlnet hooked into the U-Net for this job."""
-    for script in getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or []:
-        try:
-            title = script.title()
-        except Exception:
-            continue
-        if isinstance(title, str) and title.lower() == "controlnet":
-            network = getattr(script, "latest_network", None)
-            return list(getattr(network, "control_params", None) or [])
-    return []
+    script = script_titled(p, "controlnet")
+    network = getattr(script, "latest_network", None)
+    return list(getattr(network, "control_params", None) or [])
 
 
 def type_name(param: Any) -> str:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..tiling.conditioning import TilePlace
 from ..tiling.hints import (LATENT_SCALE, SDXL_BASE, SDXL_REFINER, SizeCondLayout, crop_level,
                             crop_pixels, holds_crop, size_vector_for_tiles)
+from .job_scripts import script_titled
 
 HINTED_NODES = ("ControlNet", "ControlLora", "T2IAdapter")   # get a tile's hint
 SKIPPABLE_NODES = ("ControlNet", "ControlLora")                # whole-latent run can be skipped
@@ -276,15 +277,8 @@ def cut_residuals(control: Any, place: TilePlace, whole_hw: Sequence[int]) -> An
 
 def _controlnet_units(p: Any) -> list:
     """``(index, cached parameters)`` of the units Forge's ControlNet set up for the job."""
-    for script in getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or []:
-        try:
-            title = script.title()
-        except Exception:
-            continue
-        if isinstance(title, str) and title.lower() == "controlnet":
-            params = getattr(script, "current_params", None) or {}
-            return sorted(params.items(), key=lambda item: item[0])
-    return []
+    params = getattr(script_titled(p, "controlnet"), "current_params", None) or {}
+    return sorted(params.items(), key=lambda item: item[0])
 
 
 def units_not_tiled(p: Any) -> list[tuple[str, bool]]:

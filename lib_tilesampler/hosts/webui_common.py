@@ -24,6 +24,7 @@ from ..tiling.passes import (TilePlan, Wrap, derive_seed, img2img_steps, place_w
 from ..tiling.plan import Tile
 from .api_routes import RequestChecks, add_api_route, request_checks
 from .base import After
+from .job_scripts import scripts_titled
 from .webui_tools import ToolsHost
 
 STATE_TEXT = "Tile Sampler"
@@ -78,16 +79,9 @@ def _full_mask(mask: Optional[torch.Tensor], rows: int) -> Optional[torch.Tensor
 def _script_args(p: Any, titles: Sequence[str]) -> Iterator[tuple[str, list]]:
     """``(title, args)`` of the always-on scripts of the job whose title is one of
     ``titles`` (case-insensitive)."""
-    runner = getattr(p, "scripts", None)
     args = list(getattr(p, "script_args", None) or [])
-    wanted = {t.lower() for t in titles}
-    for script in getattr(runner, "alwayson_scripts", None) or []:
-        try:
-            title = script.title()
-        except Exception:
-            continue
-        if isinstance(title, str) and title.lower() in wanted:
-            yield title, args[script.args_from:script.args_to]
+    for script in scripts_titled(p, titles):
+        yield script.title(), args[script.args_from:script.args_to]
 
 
 class JobHostState:
