@@ -303,6 +303,33 @@ def resample_fit_error(values: Mapping[str, Any], width: int, height: int) -> Op
     return None
 
 
+ADAPTIVE_SAMPLERS = ("dpm adaptive",)
+
+
+def moving_sampler_error(values: Mapping[str, Any], main_sampler: Optional[str]) -> Optional[str]:
+    """Why the moving mode cannot run with the job's samplers, or None.
+
+    An adaptive step-size sampler (DPM adaptive) estimates its error from U-Net calls at
+    several noise levels inside one step; moving mode shifts its seams at every noise level,
+    so the estimate sees the seams move, rejects step after step (six times the U-Net calls of
+    fused mode at 512x256 on A1111) and the accepted path follows float noise: the image then
+    changes with the tile batch. ``main_sampler`` counts too when it runs the pass (the
+    resample's "same as main") or the main sampling is tiled (``during``)."""
+    if not group_enabled(values, "resample") or values.get("resample_mode") != "moving":
+        return None
+    why = ("its step-size control sees the moving seams at every U-Net call: many times the "
+           "calls, and an image that changes with the tile batch")
+    chosen = values.get("resample_sampler")
+    runs = main_sampler if chosen == SAME else chosen
+    if runs and runs.lower() in ADAPTIVE_SAMPLERS:
+        return (f"resample_sampler {runs} cannot run the moving mode ({why}): choose the fused or "
+                "independent mode, or another sampler")
+    if values.get("resample_where") == "during" and main_sampler and main_sampler.lower() in ADAPTIVE_SAMPLERS:
+        return (f"the sampler {main_sampler} cannot run the main sampling in moving tiles ({why}): "
+                "choose resample_where after, the fused or independent mode, or another sampler")
+    return None
+
+
 def final_size(width: int, height: int, enable_hr: bool = False, hr_scale: float = 1.0,
                hr_resize_x: int = 0, hr_resize_y: int = 0) -> tuple[int, int]:
     """The size of the last sampling pass: the hires target when hires fix is on (as the

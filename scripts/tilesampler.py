@@ -210,7 +210,7 @@ class TileSamplerScript(scripts.Script):
             try:
                 values = host.resolve_names(values)
                 error = P.resample_fit_error(values, *_last_size(p)) \
-                    or host.settings_error(values, _last_steps(p))
+                    or host.settings_error(values, _last_steps(p), getattr(p, "sampler_name", None))
             except P.ParamError as e:
                 error = str(e)
             if error:

@@ -42,12 +42,18 @@ def _last_steps(request: ApiRequest) -> Optional[int]:
     return steps
 
 
+def _main_sampler(request: ApiRequest) -> Optional[str]:
+    """The request's sampler (``sampler_index`` is the API's older name for it)."""
+    name = request.fields.get("sampler_name") or request.fields.get("sampler_index")
+    return name if isinstance(name, str) else None
+
+
 def _args_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
     host = get_host()
     if request.script_args(O.TITLE) is not None:   # the tool turns the resample off itself
         return host.name_error(values)
     return host.name_error(values) or request_fit_error(values, request) \
-        or host.settings_error(values, _last_steps(request))
+        or host.settings_error(values, _last_steps(request), _main_sampler(request))
 
 
 def _infotext_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional[str]:
@@ -100,7 +106,7 @@ def _mask_grid_extra(values: Mapping[str, Any], request: ApiRequest) -> Optional
                             denoise=denoise, has_inpaint_mask=bool(request.fields.get("mask")))
     if error or steps is None:
         return error
-    sampler = request.fields.get("sampler_name") or request.fields.get("sampler_index")
+    sampler = _main_sampler(request)
     if sampler and step_range(steps, denoise, values["start_step"], values["end_step"]).explicit \
             and not get_host().sampler_takes_sigmas(sampler):
         from lib_tilesampler.hosts.mask_grid_run import sigma_sampler_sentence

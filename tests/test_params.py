@@ -115,3 +115,18 @@ def test_inside_a_job_the_values_after_a_dict_are_the_base_it_overrides():
     assert values["hypertile_tile_size"] == 256
     with pytest.raises(P.ParamError, match="not both"):
         P.parse_args([{"hypertile_tile_size": 256}] + pasted)
+
+
+def test_an_adaptive_sampler_cannot_run_the_moving_mode_and_the_message_says_why():
+    from lib_tilesampler.params import SAME, moving_sampler_error
+    base = P.parse_args([{"resample": True, "resample_mode": "moving", "resample_sampler": "DPM adaptive"}])
+    assert "resample_sampler DPM adaptive cannot run the moving mode" in moving_sampler_error(base, "Euler")
+    same = dict(base, resample_sampler=SAME)
+    assert "resample_sampler DPM adaptive" in moving_sampler_error(same, "DPM adaptive")
+    assert moving_sampler_error(same, "Euler") is None
+    during = dict(base, resample_sampler="Euler", resample_where="during")
+    assert "the sampler DPM adaptive cannot run the main sampling" in moving_sampler_error(during, "DPM adaptive")
+    assert moving_sampler_error(dict(during, resample_where="after"), "DPM adaptive") is None
+    for mode in ("fused", "independent"):
+        assert moving_sampler_error(dict(base, resample_mode=mode), "DPM adaptive") is None
+    assert moving_sampler_error(dict(base, resample=False), "DPM adaptive") is None

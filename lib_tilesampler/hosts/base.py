@@ -75,9 +75,10 @@ class Host(Protocol):
         """``values`` with the resample sampler and schedule type in the host's own
         spelling (aliases, any case, ``"DPM++ 2M Karras"``); ``ParamError`` when unknown."""
 
-    def settings_error(self, values: Mapping[str, Any], main_steps: Optional[int]) -> Optional[str]:
+    def settings_error(self, values: Mapping[str, Any], main_steps: Optional[int],
+                       main_sampler: Optional[str] = None) -> Optional[str]:
         """Why the host cannot run the resample with these settings (UniPC with fewer
-        steps than its order), or None."""
+        steps than its order, an adaptive sampler in moving mode), or None."""
 
     def other_tilers(self, p: Any, values: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Tilings of other extensions or settings active in the job, as

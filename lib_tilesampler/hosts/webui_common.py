@@ -15,7 +15,7 @@ import torch
 
 from ..job import Job, JobStack
 from ..module_patch import PatchSet
-from ..params import SAME, ParamError, group_enabled
+from ..params import SAME, ParamError, group_enabled, moving_sampler_error
 from ..tiling.conditioning import crop_cond, stack_tiles
 from ..tiling.denoisers import Denoiser, TileInterrupted
 from ..tiling.independent import steps_to_run
@@ -284,16 +284,21 @@ class WebUIFamilyHost(ToolsHost):
             return str(e)
         return None
 
-    def settings_error(self, values: Mapping[str, Any], main_steps: Optional[int]) -> Optional[str]:
+    def settings_error(self, values: Mapping[str, Any], main_steps: Optional[int],
+                       main_sampler: Optional[str] = None) -> Optional[str]:
         """UniPC runs at least its order in steps (Settings: "UniPC order"): a resample
-        with fewer steps cannot run, which is said before any work starts."""
-        if not group_enabled(values, "resample") or main_steps is None:
+        with fewer steps cannot run; an adaptive sampler cannot run the moving mode
+        (``moving_sampler_error``). Both are said before any work starts."""
+        if not group_enabled(values, "resample"):
             return None
-        from modules import shared
         try:
             values = self.resolve_names(values)
         except ParamError as e:
             return str(e)
+        moving = moving_sampler_error(values, main_sampler)
+        if moving or main_steps is None:
+            return moving
+        from modules import shared
         sampler = values["resample_sampler"]
         if sampler == SAME or "unipc" not in sampler.lower():
             return None
