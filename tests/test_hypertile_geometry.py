@@ -80,8 +80,8 @@ def test_passes_are_told_apart_by_the_salt():
 
 
 def test_step_key_takes_the_largest_value_of_the_rows():
-    assert step_key(torch.tensor([1.0, 3.0, 2.0])) == 3.0
-    assert step_key(torch.tensor(7.123456)) == 7.1235 and step_key(None) is None
+    assert step_key(torch.tensor([1.0, 3.0, 2.0])) == step_key(3.0) != step_key(2.0)
+    assert step_key(torch.tensor(7.123456)) == step_key(7.123457) and step_key(None) is None
     assert step_key(torch.tensor([])) is None
 
 

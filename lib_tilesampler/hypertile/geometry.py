@@ -23,6 +23,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from einops import rearrange
 
+from ..step_key import step_key
+
 LATENT_FACTOR = 8  # pixels per latent cell for SD1.x / SD2.x / SDXL
 
 
@@ -131,22 +133,6 @@ class HyperTileStats:
                 f"(no divisor), {self.whole_by_draw} whole by the draw (one window drawn among "
                 f"the swap choices), {self.skipped_depth} deeper than max depth, "
                 f"{self.unknown_shape} not matched to a level")
-
-
-def step_key(t: Optional[object]) -> Optional[float]:
-    """What identifies a sampling step in a U-Net call: the largest timestep or sigma of
-    its rows, rounded to 4 decimals (cond and uncond rows of one step share it, however
-    the host splits them into calls). ``None`` when the call carries no step."""
-    if t is None:
-        return None
-    if isinstance(t, torch.Tensor):
-        if t.numel() == 0:
-            return None
-        t = t.max()
-    try:
-        return round(float(t), 4)
-    except (TypeError, ValueError):
-        return None
 
 
 class HyperTilePlanner:

@@ -20,12 +20,12 @@ once with the untouched arguments, so the result is exactly the untiled one.
 """
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
+from ..step_key import step_key
 from .conditioning import crop_cond, repeat_rows, roll_cond, stack_tiles, unstack_tiles
 from .plan import BLEND_KINDS, Tile, batch_tiles, blend_weights, plan_tiles, shifted_grid
 
@@ -158,23 +158,6 @@ def fused_denoiser(denoiser: Denoiser, tile_h: int, tile_w: int, overlap: int,
         return fuse_tiles(denoiser, x, t, cond, tiles, weights, tile_batch, on_tile, should_stop)
 
     return fused
-
-
-STEP_KEY_BUCKETS = 100      # step keys per unit of log(t)
-
-
-def step_key(t: torch.Tensor) -> int:
-    """What identifies a sampling step in a call: the largest ``t`` (sigma or timestep) of
-    its rows, so cond and uncond rows of one step share it whatever the call split, as its
-    bucket ``round(100 * log t)``. Coarse enough that an adaptive sampler (DPM adaptive),
-    whose step sizes follow the float noise of the U-Net's output (tiles batched together
-    differ from tiles run one by one in the last bits), gets the same key for the same step:
-    a relative change of 1e-6 crosses a bucket border with probability 1e-4. Fine enough that
-    the steps of a schedule stay apart (a 150-step Karras schedule is at least 2.7 buckets
-    per step); only near t = 999 do timesteps of 100+ DDIM-like steps pair up in a bucket,
-    and two steps sharing a key just share a seam offset."""
-    value = t.max() if isinstance(t, torch.Tensor) and t.numel() > 1 else t
-    return round(STEP_KEY_BUCKETS * math.log(max(float(value), 1e-6)))
 
 
 def seam_offset(seed: int, t: torch.Tensor, height: int, width: int, tile_h: int,
