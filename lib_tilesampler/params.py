@@ -311,7 +311,7 @@ def moving_sampler_error(values: Mapping[str, Any], main_sampler: Optional[str])
 
     An adaptive step-size sampler (DPM adaptive) estimates its error from U-Net calls at
     several noise levels inside one step; moving mode shifts its seams at every noise level,
-    so the estimate sees the seams move, rejects step after step (six times the U-Net calls of
+    so the estimate sees the seams move, rejects step after step (6.5 times the U-Net calls of
     fused mode at 512x256 on A1111) and the accepted path follows float noise: the image then
     changes with the tile batch. ``main_sampler`` counts too when it runs the pass (the
     resample's "same as main") or the main sampling is tiled (``during``)."""

@@ -84,3 +84,19 @@ def test_a_cell_equals_the_same_job_run_alone(webui, plot, tile, mode):
     assert alone.status == 200, alone.body
     assert f"Resample tile size: {tile}," in alone.infotext
     assert plot.digest(cell_index(plot, tile, mode)) == alone.digest()
+
+
+def test_a_moving_cell_with_dpm_adaptive_says_why_its_resample_is_off(webui):
+    """A job that reaches the script without the API's check (here: the mode set by an
+    axis) gets the refusal as a note in its info, and its resample is off; the fused cell
+    runs."""
+    y_type = axis_index(webui, Y_LABEL)
+    named = dict(RESAMPLE, resample_tile_size=256, resample_sampler="same as main")
+    body = payload(named, width=512, height=256, sampler_name="DPM adaptive", script_name=XYZ,
+                   script_args=xyz_args(0, "", y_type, "fused, moving"))
+    answer = webui.call("/sdapi/v1/txt2img", body)
+    assert answer.status == 200, answer.body
+    cells = answer.info["infotexts"][1:]
+    refused = [t for t in cells if "cannot run the moving mode" in t]
+    assert len(cells) == 2 and len(refused) == 1, cells
+    assert "The latent tile resample is off for this job" in refused[0]
