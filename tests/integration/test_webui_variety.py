@@ -74,8 +74,7 @@ def test_every_sampler_resamples_and_the_tile_batch_changes_nothing(webui, mode,
             failures.append(f"{name}: {statuses} {answers[1].body if statuses[1] >= 500 else answers[3].body}")
             continue
         if statuses == {1: 422, 3: 422}:
-            assert "resample_sampler" in str(answers[1].body), answers[1].body
-            refused.append(name)
+            refused.append((name, str(answers[1].body)))
             continue
         if statuses != {1: 200, 3: 200}:
             failures.append(f"{name}: {statuses}")
@@ -87,7 +86,19 @@ def test_every_sampler_resamples_and_the_tile_batch_changes_nothing(webui, mode,
             if close_enough(again, answers[1]):     # repeatable, so the batch changed it
                 failures.append(f"{name}: the image depends on the tile batch")
     assert not failures, failures
-    assert len(refused) <= 1, f"refused: {refused}"
+    unexpected = [(name, text) for name, text in refused
+                  if not any(name == who and needle in text for who, needle in allowed_refusals(mode))]
+    assert not unexpected, f"refused without one of the known reasons: {unexpected}"
+
+
+def allowed_refusals(mode):
+    """(sampler, words of its 422) the host may answer instead of a pass: UniPC when the pass
+    runs fewer steps than its order (TILESAMPLER_IT_STEPS=2 gives 2), and DPM adaptive in
+    the moving mode (its step-size control sees the seams move)."""
+    allowed = [("UniPC", "resample_sampler UniPC needs at least")]
+    if mode == "moving":
+        allowed.append(("DPM adaptive", "cannot run the moving mode"))
+    return allowed
 
 
 def test_every_schedule_type_with_one_sampler(webui):
