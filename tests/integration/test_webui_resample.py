@@ -60,7 +60,7 @@ def test_named_and_positional_args_give_the_same_image(webui):
             "hypertile_scale_depth", "hypertile_vae", "resample", "resample_mode", "resample_where",
             "resample_weights", "resample_tile_size", "resample_overlap", "resample_batch",
             "resample_denoise", "resample_steps", "resample_cfg", "resample_sampler",
-            "resample_scheduler", "resample_seed"]
+            "resample_scheduler", "resample_seed", "resample_size_cond"]   # README's order
     assert len(info["args"]) == len(keys)
     positional = [named.get(k, a["value"]) for k, a in zip(keys, info["args"])]
     positional[0] = True
